@@ -1,0 +1,1 @@
+"""What both jobs share: exit codes, errors, settings, logging, storage and provenance."""

@@ -1,0 +1,52 @@
+"""common.storage against real S3 servers on loopback and the local disk."""
+
+import pytest
+
+from common import storage
+from common.errors import InputDataError, StorageError
+
+
+def test_s3_roundtrip_listing_and_conditional_write(s3):
+    uri = s3.uri("reports/a/thresholds.json")
+    storage.write(uri, b'{"x": 1}', content_type="application/json")
+    blob = storage.read(uri)
+    assert blob.data == b'{"x": 1}' and blob.version.startswith("etag:")
+    assert storage.list_names(s3.uri("reports")) == ["a/thresholds.json"]
+    with pytest.raises(storage.AlreadyExists):
+        storage.write(uri, b"other", if_absent=True)
+    assert storage.read(uri).data == b'{"x": 1}'
+    storage.write(s3.uri("reports/b/new.json"), b"1", if_absent=True)
+    assert storage.exists(s3.uri("reports/b/new.json"))
+
+
+def test_s3_missing_object_is_an_input_error(s3):
+    with pytest.raises(InputDataError, match="no such object"):
+        storage.read(s3.uri("nope.json"))
+    assert not storage.exists(s3.uri("nope.json"))
+
+
+def test_unreachable_endpoint_is_a_storage_error(monkeypatch):
+    from tests.conftest import CREDENTIALS, free_port
+
+    for key, value in CREDENTIALS.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    storage.s3_client.cache_clear()
+    try:
+        with pytest.raises(StorageError, match="cannot reach S3 endpoint"):
+            storage.read("s3://bucket-x/key.json")
+    finally:
+        storage.s3_client.cache_clear()
+
+
+def test_local_write_is_atomic_and_conditional(tmp_path):
+    target = tmp_path / "out" / "r.json"
+    storage.write(str(target), b"one")
+    assert target.read_bytes() == b"one"
+    with pytest.raises(storage.AlreadyExists):
+        storage.write(str(target), b"two", if_absent=True)
+    assert target.read_bytes() == b"one"
+    assert [p.name for p in target.parent.iterdir()] == ["r.json"]  # no temp files left
+    with pytest.raises(InputDataError, match="no such file"):
+        storage.read(str(tmp_path / "missing.json"))
