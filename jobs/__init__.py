@@ -1,0 +1,1 @@
+"""The batch jobs: `python -m jobs.evaluate` and `python -m jobs.train`."""
