@@ -43,10 +43,11 @@ def run_job(
     settings_cls: type[S],
     work: Callable[[S, str, structlog.BoundLogger], int],
     context: dict | None = None,
+    log_level: str = "info",
 ) -> int:
     """Load settings, configure logs, run `work(settings, run_id, log)`, map errors to exit codes."""
     run_id = new_run_id()
-    log = configure_logging(job=job, run_id=run_id, **(context or {}))
+    log = configure_logging(job=job, run_id=run_id, level=log_level, **(context or {}))
     try:
         settings = load_settings(settings_cls)
         return int(work(settings, run_id, log))

@@ -1,0 +1,32 @@
+"""`python -m jobs.evaluate`: see jobs/evaluate/__init__.py for the runbook."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from common.cli import make_parser, run_job
+from jobs.evaluate import __doc__ as RUNBOOK
+from jobs.evaluate.job import run
+from jobs.evaluate.settings import EvalSettings
+
+SAMPLE = Path(__file__).resolve().parent / "sample"
+DEMO_OUTPUT = "eval-demo"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = make_parser(prog="python -m jobs.evaluate", settings_cls=EvalSettings, summary=RUNBOOK)
+    parser.add_argument("--demo", action="store_true",
+                        help=f"evaluate the bundled sample ({SAMPLE}); output to ./{DEMO_OUTPUT}/ unless EVAL_OUTPUT_URI is set")
+    args = parser.parse_args(argv)
+    if args.demo:
+        os.environ.setdefault("EVAL_PREDICTIONS_URI", str(SAMPLE / "predictions.csv"))
+        os.environ.setdefault("EVAL_ANNOTATIONS_URI", str(SAMPLE / "annotations.json"))
+        os.environ.setdefault("EVAL_OUTPUT_URI", str(Path.cwd() / DEMO_OUTPUT))
+    return run_job(job="evaluate", settings_cls=EvalSettings, work=run,
+                   log_level=os.environ.get("EVAL_LOG_LEVEL", "info"))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,221 @@
+"""Join predictions to annotations: images on a normalised key (or COCO ids), categories by id or name.
+
+The result holds integer arrays only (image index, class index per row) and an `alignment` block
+that says what did not join. Images are ordered as pycocotools orders them (by COCO id, else by
+key), which fixes the order of equal-score detections and so makes AP agree with it exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+
+import numpy as np
+
+from common.errors import ConfigError, InputDataError
+from jobs.evaluate.load import Table
+
+MAX_EXAMPLES = 10
+
+
+@dataclass
+class ClassInfo:
+    class_id: int | str | None
+    name: str
+
+
+@dataclass
+class Objects:
+    """Rows of one side after alignment. `boxes` (n, 4) xywh; `polygons` per-row part lists."""
+
+    image: np.ndarray
+    cls: np.ndarray
+    boxes: np.ndarray | None
+    polygons: list | None
+    crowd: np.ndarray
+    score: np.ndarray | None = None
+
+    def take(self, keep: np.ndarray) -> "Objects":
+        idx = np.flatnonzero(keep) if keep.dtype == bool else keep
+        return Objects(
+            image=self.image[idx], cls=self.cls[idx],
+            boxes=None if self.boxes is None else self.boxes[idx],
+            polygons=None if self.polygons is None else [self.polygons[i] for i in idx],
+            crowd=self.crowd[idx], score=None if self.score is None else self.score[idx],
+        )
+
+
+@dataclass
+class Aligned:
+    classes: list[ClassInfo]
+    n_images: int
+    gt: Objects
+    det: Objects
+    geometry: str  # "bbox", "polygon" or "image" (image-level, multi-label)
+    alignment: dict
+
+
+def normalise_key(name: str, join_key: str) -> str:
+    if join_key == "exact":
+        return name
+    base = PurePosixPath(name.replace("\\", "/")).name
+    stem, dot, _ = base.rpartition(".")
+    return (stem if dot and stem else base).lower()
+
+
+def _sort_key(value):
+    return (isinstance(value, str), value)
+
+
+def _gt_images(gt: Table, join_key: str) -> tuple[list, list[str], np.ndarray]:
+    """Image refs in evaluation order, their join keys, and each annotation row's image index."""
+    if gt.is_coco:
+        images = sorted(gt.coco_images, key=lambda im: _sort_key(im.id))
+        ids = [im.id for im in images]
+        if len(set(ids)) != len(ids):
+            dup = next(i for i in ids if ids.count(i) > 1)
+            raise InputDataError(f"{gt.uri}: image id {dup!r} appears twice in images")
+        position = {i: n for n, i in enumerate(ids)}
+        missing = [ref for ref in gt.image_refs if ref not in position]
+        if missing:
+            raise InputDataError(f"{gt.uri}: annotations refer to image_id {missing[0]!r}, which is not in images")
+        ref_index = np.array([position[ref] for ref in gt.image_refs], dtype=np.int64)
+        keys = [normalise_key(im.file_name, join_key) if im.file_name else None for im in images]
+        names = [im.file_name for im in images]
+    else:
+        names = [str(ref) for ref in gt.image_refs]
+        keys = [normalise_key(n, join_key) for n in names]
+        order = sorted(range(len(names)), key=lambda i: keys[i])
+        ref_index = np.empty(len(names), dtype=np.int64)
+        ref_index[order] = np.arange(len(names))
+        names, keys = [names[i] for i in order], [keys[i] for i in order]
+        ids = names
+    seen: dict[str, str] = {}
+    for name, key in zip(names, keys):
+        if key is None:
+            continue
+        if key in seen and (gt.is_coco or seen[key] != name):
+            raise InputDataError(
+                f"{gt.uri}: images {seen[key]!r} and {name!r} both normalise to {key!r}; "
+                "rename one or set EVAL_JOIN_KEY=exact"
+            )
+        seen[key] = name
+    return ids, keys, ref_index[gt.image_codes] if len(gt.image_codes) else np.zeros(0, np.int64)
+
+
+def _join_predictions(gt: Table, pred: Table, ids: list, keys: list, join_key: str) -> tuple[np.ndarray, str]:
+    """Each prediction ref's image index (-1 where it does not join) and how the join was made."""
+    if gt.is_coco and pred.is_coco:
+        position = {i: n for n, i in enumerate(ids)}
+        return np.array([position.get(ref, -1) for ref in pred.image_refs], dtype=np.int64), "coco_image_id"
+    if any(k is None for k in keys):
+        raise InputDataError(f"{gt.uri}: images without file_name cannot be joined to {pred.uri} by name")
+    position = {k: n for n, k in enumerate(keys)}
+    refs = [normalise_key(str(ref), join_key) for ref in pred.image_refs]
+    return np.array([position.get(r, -1) for r in refs], dtype=np.int64), join_key
+
+
+def _classes(gt: Table, pred: Table) -> tuple[list[ClassInfo], np.ndarray, np.ndarray]:
+    """The class list, and the class index of each GT and prediction category ref."""
+    classes: list[ClassInfo] = []
+    by_id: dict = {}
+    by_name: dict[str, int] = {}
+
+    def add(class_id, name) -> int:
+        classes.append(ClassInfo(class_id, name))
+        if class_id is not None:
+            by_id[class_id] = len(classes) - 1
+        by_name.setdefault(name, len(classes) - 1)
+        return len(classes) - 1
+
+    for cat in sorted(gt.coco_categories, key=lambda c: _sort_key(c.id)):
+        if cat.id in by_id:
+            raise InputDataError(f"{gt.uri}: category id {cat.id!r} appears twice in categories")
+        add(cat.id, cat.name)
+
+    def resolve(ref, *, uri: str, strict: bool) -> int:
+        if isinstance(ref, bool):
+            ref = int(ref)
+        if not isinstance(ref, str) or (ref.isdigit() and by_id and int(ref) in by_id):
+            key = int(ref)
+            if key in by_id:
+                return by_id[key]
+            if strict:
+                raise InputDataError(f"{uri}: category id {ref!r} is not in the categories")
+            return add(key, str(key))
+        if ref in by_name:
+            return by_name[ref]
+        if strict:
+            raise InputDataError(f"{uri}: category {ref!r} is not in the categories")
+        return add(None, ref)
+
+    strict_gt = bool(gt.coco_categories)
+    gt_map = np.array([resolve(r, uri=gt.uri, strict=strict_gt) for r in gt.category_refs], dtype=np.int64)
+    pred_map = np.array([resolve(r, uri=pred.uri, strict=False) for r in pred.category_refs], dtype=np.int64)
+    return classes, gt_map, pred_map
+
+
+def _geometry(gt: Table, pred: Table, iou_type: str) -> str:
+    if gt.boxes is None and pred.boxes is None and gt.polygons is None and pred.polygons is None:
+        return "image"
+    if pred.boxes is None and pred.polygons is None:
+        raise InputDataError(f"{pred.uri}: predictions have no boxes or polygons but {gt.uri} has; cannot match by IoU")
+    if gt.boxes is None and gt.polygons is None:
+        raise InputDataError(f"{gt.uri}: annotations have no boxes or polygons but {pred.uri} has; cannot match by IoU")
+    both_polygons = gt.polygons is not None and pred.polygons is not None
+    if iou_type == "polygon" and not both_polygons:
+        side = gt.uri if gt.polygons is None else pred.uri
+        raise ConfigError(f"EVAL_IOU_TYPE=polygon but {side} has no polygons")
+    if iou_type == "bbox" or (iou_type == "auto" and not both_polygons):
+        if gt.boxes is None or pred.boxes is None:
+            side = gt.uri if gt.boxes is None else pred.uri
+            raise InputDataError(f"{side}: no boxes for box IoU; give boxes or set EVAL_IOU_TYPE=polygon")
+        return "bbox"
+    return "polygon"
+
+
+def _objects(table: Table, image: np.ndarray, cls: np.ndarray, keep: np.ndarray, geometry: str) -> Objects:
+    objects = Objects(
+        image=image, cls=cls,
+        boxes=table.boxes if geometry != "image" else None,
+        polygons=table.polygons if geometry == "polygon" else None,
+        crowd=table.iscrowd, score=table.score,
+    )
+    return objects.take(keep)
+
+
+def align(gt: Table, pred: Table, *, join_key: str, iou_type: str) -> Aligned:
+    ids, keys, gt_image = _gt_images(gt, join_key)
+    pred_ref_image, joined_on = _join_predictions(gt, pred, ids, keys, join_key)
+    classes, gt_cls_map, pred_cls_map = _classes(gt, pred)
+    geometry = _geometry(gt, pred, iou_type)
+
+    has_category = gt.category_codes >= 0
+    gt_cls = np.full(gt.rows, -1, dtype=np.int64)
+    gt_cls[has_category] = gt_cls_map[gt.category_codes[has_category]]
+    gt_objects = _objects(gt, gt_image, gt_cls, has_category, geometry)
+    if geometry == "image":  # one label per (image, class): duplicates say nothing more
+        pair = gt_objects.image * max(len(classes), 1) + gt_objects.cls
+        _, first = np.unique(pair, return_index=True)
+        gt_objects = gt_objects.take(np.sort(first))
+
+    pred_image = pred_ref_image[pred.image_codes] if pred.rows else np.zeros(0, np.int64)
+    pred_cls = pred_cls_map[pred.category_codes] if pred.rows else np.zeros(0, np.int64)
+    joined = pred_image >= 0
+    det = _objects(pred, pred_image, pred_cls, joined, geometry)
+
+    unjoined_refs = np.unique(pred.image_codes[~joined])
+    predicted_images = np.unique(pred_image[joined])
+    alignment = {
+        "join": joined_on,
+        "annotation_images": len(ids),
+        "prediction_images": len(pred.image_refs),
+        "matched_images": int(predicted_images.size),
+        "unmatched_prediction_images": {
+            "images": int(unjoined_refs.size),
+            "rows": int((~joined).sum()),
+            "examples": [str(pred.image_refs[i]) for i in unjoined_refs[:MAX_EXAMPLES]],
+        },
+        "annotated_images_without_predictions": len(ids) - int(predicted_images.size),
+    }
+    return Aligned(classes, len(ids), gt_objects, det, geometry, alignment)

@@ -1,0 +1,364 @@
+"""Load predictions and annotations (COCO JSON, CSV, Parquet, JSONL) into columnar arrays.
+
+Nothing here matches or scores: each input becomes one `Table` of rows (objects or detections)
+with image and category references kept as codes into their unique values, so later steps work on
+integer arrays. Problems with the data raise `InputDataError` naming the file, row and column.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+
+import msgspec
+import numpy as np
+
+from common.errors import ConfigError, InputDataError
+from common.storage import Blob
+
+# -- COCO schemas, decoded straight into typed objects (msgspec validates while it parses) -------
+
+
+class CocoImage(msgspec.Struct):
+    id: int | str
+    file_name: str | None = None
+
+
+class CocoAnnotation(msgspec.Struct):
+    image_id: int | str
+    category_id: int | str
+    bbox: list[float] | None = None
+    iscrowd: int | bool = 0
+    segmentation: list[list[float]] | dict | None = None
+
+
+class CocoCategory(msgspec.Struct):
+    id: int | str
+    name: str
+
+
+class CocoGroundTruth(msgspec.Struct):
+    images: list[CocoImage]
+    annotations: list[CocoAnnotation]
+    categories: list[CocoCategory] = []
+
+
+class CocoResult(msgspec.Struct):
+    image_id: int | str
+    category_id: int | str
+    score: float
+    bbox: list[float] | None = None
+    segmentation: list[list[float]] | dict | None = None
+
+
+# -- the normalised form ---------------------------------------------------------------------------
+
+
+@dataclass
+class Table:
+    """One input as columns; row i is one ground-truth object or one detection.
+
+    image_codes[i] indexes `image_refs` (file names, paths or COCO ids); category_codes[i] indexes
+    `category_refs` (ids or names) and is -1 for a row that only lists an image. `boxes` is (n, 4)
+    xywh float64 or None; `polygons` is a list of per-row lists of flat (x0, y0, x1, y1, ...)
+    float64 arrays, or None.
+    """
+
+    uri: str
+    format: str
+    version: str
+    image_codes: np.ndarray
+    image_refs: list
+    category_codes: np.ndarray
+    category_refs: list
+    score: np.ndarray | None = None
+    boxes: np.ndarray | None = None
+    polygons: list | None = None
+    iscrowd: np.ndarray | None = None
+    # COCO ground truth only: every image (also those without objects), and the categories.
+    coco_images: list[CocoImage] | None = None
+    coco_categories: list[CocoCategory] = field(default_factory=list)
+    is_coco: bool = False
+
+    @property
+    def rows(self) -> int:
+        return len(self.image_codes)
+
+
+# -- format detection ------------------------------------------------------------------------------
+
+_EXTENSIONS = {".json": "coco", ".csv": "csv", ".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl"}
+
+
+def detect_format(blob: Blob, requested: str) -> str:
+    if requested != "auto":
+        return requested
+    if blob.data[:4] == b"PAR1":
+        return "parquet"
+    name = blob.uri.rsplit("/", 1)[-1].lower()
+    for ext, fmt in _EXTENSIONS.items():
+        if name.endswith(ext) or name.endswith(ext + ".gz"):
+            return fmt
+    head = blob.data.lstrip()[:1]
+    if head in (b"[", b"{"):
+        return "coco"
+    raise InputDataError(f"{blob.uri}: cannot tell the format from the name or content; set EVAL_FORMAT")
+
+
+def _check_not_empty(blob: Blob) -> None:
+    if not blob.data.strip():
+        raise InputDataError(f"{blob.uri}: the file is empty")
+
+
+def _decode_json(blob: Blob, schema):
+    _check_not_empty(blob)
+    try:
+        return msgspec.json.decode(blob.data, type=schema)
+    except msgspec.ValidationError as exc:
+        raise InputDataError(f"{blob.uri}: {_describe_validation(exc)}") from None
+    except msgspec.DecodeError as exc:
+        hint = " (one JSON object per line? set EVAL_FORMAT=jsonl)" if "trailing" in str(exc).lower() else ""
+        raise InputDataError(f"{blob.uri}: not valid JSON: {exc}{hint}") from None
+
+
+def _describe_validation(exc: msgspec.ValidationError) -> str:
+    # msgspec says e.g. "Expected `float`, got `str` - at `$[12].score`"; `$[12]` is row 12 (0-based).
+    return str(exc).replace(" - at `$", " at `")
+
+
+# -- COCO ------------------------------------------------------------------------------------------
+
+
+def _codes(values: list) -> tuple[np.ndarray, list]:
+    """Integer codes into the unique values, keeping ints and strings apart (id 1 != name '1')."""
+    keyed = [(type(v) is str, v) for v in values]
+    uniques = sorted(set(keyed))
+    index = {u: i for i, u in enumerate(uniques)}
+    return np.fromiter((index[k] for k in keyed), dtype=np.int64, count=len(keyed)), [u[1] for u in uniques]
+
+
+def _boxes(bboxes: list, uri: str, where: str) -> np.ndarray:
+    try:
+        boxes = np.array(bboxes, dtype=np.float64)
+    except (ValueError, TypeError):
+        boxes = None
+    if boxes is None or boxes.ndim != 2 or boxes.shape[1] != 4:
+        for i, b in enumerate(bboxes):
+            if b is None or len(b) != 4:
+                raise InputDataError(f"{uri}: {where}[{i}].bbox: expected [x, y, width, height], got {b!r}")
+        raise InputDataError(f"{uri}: {where}: malformed bbox values")
+    _check_boxes(boxes, uri, lambda i: f"{where}[{i}].bbox")
+    return boxes
+
+
+def _check_boxes(boxes: np.ndarray, uri: str, locate) -> None:
+    bad = np.flatnonzero(~np.isfinite(boxes).all(axis=1))
+    if bad.size:
+        raise InputDataError(f"{uri}: {locate(bad[0])}: box values must be finite numbers, got {boxes[bad[0]].tolist()}")
+    bad = np.flatnonzero((boxes[:, 2] < 0) | (boxes[:, 3] < 0))
+    if bad.size:
+        raise InputDataError(f"{uri}: {locate(bad[0])}: negative box width or height {boxes[bad[0]].tolist()}")
+
+
+def _polygons(segmentations: list, uri: str, where: str) -> list | None:
+    """Per-row polygon parts as flat float64 arrays; None when no row has a polygon.
+
+    RLE (dict) segmentations and rows without one keep an empty list; `geometry` falls back to
+    the row's box for them.
+    """
+    if all(s is None or isinstance(s, dict) for s in segmentations):
+        return None
+    out = []
+    for i, seg in enumerate(segmentations):
+        if seg is None or isinstance(seg, dict):
+            out.append([])
+            continue
+        parts = [np.asarray(p, dtype=np.float64) for p in seg]
+        for p in parts:
+            if p.size < 6 or p.size % 2 or not np.isfinite(p).all():
+                raise InputDataError(f"{uri}: {where}[{i}].segmentation: a polygon needs >= 3 finite x, y pairs")
+        out.append(parts)
+    return out
+
+
+def read_coco_ground_truth(blob: Blob) -> Table:
+    gt = _decode_json(blob, CocoGroundTruth)
+    anns = gt.annotations
+    image_codes, image_refs = _codes([a.image_id for a in anns])
+    category_codes, category_refs = _codes([a.category_id for a in anns])
+    if any(a.bbox is None for a in anns):
+        i = next(i for i, a in enumerate(anns) if a.bbox is None)
+        raise InputDataError(f"{blob.uri}: annotations[{i}] has no bbox")
+    return Table(
+        uri=blob.uri, format="coco", version=blob.version,
+        image_codes=image_codes, image_refs=image_refs,
+        category_codes=category_codes, category_refs=category_refs,
+        boxes=_boxes([a.bbox for a in anns], blob.uri, "annotations") if anns else np.zeros((0, 4)),
+        polygons=_polygons([a.segmentation for a in anns], blob.uri, "annotations"),
+        iscrowd=np.fromiter((bool(a.iscrowd) for a in anns), dtype=bool, count=len(anns)),
+        coco_images=gt.images, coco_categories=gt.categories, is_coco=True,
+    )
+
+
+def read_coco_results(blob: Blob) -> Table:
+    results = _decode_json(blob, list[CocoResult])
+    image_codes, image_refs = _codes([r.image_id for r in results])
+    category_codes, category_refs = _codes([r.category_id for r in results])
+    score = np.fromiter((r.score for r in results), dtype=np.float64, count=len(results))
+    _check_scores(score, blob.uri, lambda i: f"[{i}].score")
+    has_box = [r.bbox is not None for r in results]
+    boxes = None
+    if any(has_box):
+        if not all(has_box):
+            i = has_box.index(False)
+            raise InputDataError(f"{blob.uri}: [{i}] has no bbox while other results do")
+        boxes = _boxes([r.bbox for r in results], blob.uri, "")
+    return Table(
+        uri=blob.uri, format="coco", version=blob.version,
+        image_codes=image_codes, image_refs=image_refs,
+        category_codes=category_codes, category_refs=category_refs,
+        score=score, boxes=boxes,
+        polygons=_polygons([r.segmentation for r in results], blob.uri, ""),
+        iscrowd=np.zeros(len(results), dtype=bool), is_coco=True,
+    )
+
+
+def _check_scores(score: np.ndarray, uri: str, locate) -> None:
+    bad = np.flatnonzero(~np.isfinite(score))
+    if bad.size:
+        raise InputDataError(f"{uri}: {locate(bad[0])}: score must be a finite number, got {score[bad[0]]}")
+
+
+# -- tables ----------------------------------------------------------------------------------------
+
+
+def _read_arrow(blob: Blob, fmt: str):
+    import pyarrow as pa
+
+    _check_not_empty(blob)
+    source = io.BytesIO(blob.data)
+    try:
+        if fmt == "csv":
+            import pyarrow.csv as pacsv
+
+            return pacsv.read_csv(source)
+        if fmt == "parquet":
+            import pyarrow.parquet as pq
+
+            return pq.read_table(source)
+        if fmt == "jsonl":
+            import pyarrow.json as pajson
+
+            return pajson.read_json(source)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as exc:
+        raise InputDataError(f"{blob.uri}: cannot read as {fmt}: {exc}") from None
+    raise ConfigError(f"EVAL_FORMAT: {fmt!r} is not a table format")
+
+
+def _column(table, name: str, uri: str, *, our: str):
+    if name not in table.column_names:
+        mapped = f" (mapped from {our!r} by EVAL_COLUMNS)" if name != our else ""
+        raise InputDataError(
+            f"{uri}: missing column {name!r}{mapped}; found {table.column_names}. "
+            f'Map yours with EVAL_COLUMNS, e.g. {{"{our}": "your_column"}}'
+        )
+    return table.column(name).combine_chunks()
+
+
+def _numeric(table, name: str, uri: str, *, our: str, nullable: bool = False) -> np.ndarray:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    col = _column(table, name, uri, our=our)
+    if not nullable and col.null_count:
+        row = int(np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False))[0])
+        raise InputDataError(f"{uri}: row {row + 1}, column {name!r}: missing value")
+    try:
+        values = pc.cast(col, pa.float64())
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        texts = col.cast(pa.string()).to_pylist()
+        for row, text in enumerate(texts):
+            try:
+                float(text) if text is not None else None
+            except ValueError:
+                raise InputDataError(f"{uri}: row {row + 1}, column {name!r}: not a number: {text!r}") from None
+        raise InputDataError(f"{uri}: column {name!r}: not numeric ({col.type})") from None
+    return values.to_numpy(zero_copy_only=False)
+
+
+def _dictionary(table, name: str, uri: str, *, our: str, nullable: bool = False) -> tuple[np.ndarray, list]:
+    """Codes and unique values of a column, decoded once per distinct value, not per row."""
+    import pyarrow as pa
+
+    col = _column(table, name, uri, our=our)
+    if col.null_count and not nullable:
+        row = int(np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False))[0])
+        raise InputDataError(f"{uri}: row {row + 1}, column {name!r}: missing value")
+    if pa.types.is_floating(col.type):
+        raise InputDataError(f"{uri}: column {name!r}: expected names or integer ids, got {col.type}")
+    if not pa.types.is_dictionary(col.type):
+        col = col.dictionary_encode()
+    codes = col.indices.to_numpy(zero_copy_only=False)
+    codes = np.where(col.is_null().to_numpy(zero_copy_only=False), -1, codes).astype(np.int64)
+    return codes, col.dictionary.to_pylist()
+
+
+def _table_polygons(table, name: str, uri: str) -> list | None:
+    if name not in table.column_names:
+        return None
+    out = []
+    for row, value in enumerate(table.column(name).to_pylist()):
+        if value is None or value == "":
+            out.append([])
+            continue
+        if isinstance(value, str):
+            try:
+                value = msgspec.json.decode(value)
+            except msgspec.DecodeError:
+                raise InputDataError(f"{uri}: row {row + 1}, column {name!r}: not a JSON list of x, y") from None
+        parts = value if value and isinstance(value[0], list) else [value]
+        try:
+            arrays = [np.asarray(p, dtype=np.float64) for p in parts]
+        except (TypeError, ValueError):
+            raise InputDataError(f"{uri}: row {row + 1}, column {name!r}: not a list of numbers") from None
+        if any(a.ndim != 1 or a.size < 6 or a.size % 2 or not np.isfinite(a).all() for a in arrays):
+            raise InputDataError(f"{uri}: row {row + 1}, column {name!r}: a polygon needs >= 3 finite x, y pairs")
+        out.append(arrays)
+    return out
+
+
+def read_table(blob: Blob, fmt: str, columns, *, predictions: bool) -> Table:
+    """A CSV/Parquet/JSONL table; `columns(name)` maps our column names to the file's."""
+    table = _read_arrow(blob, fmt)
+    uri = blob.uri
+    image_codes, image_refs = _dictionary(table, columns("image"), uri, our="image")
+    # Ground-truth rows without a category list an image that has no objects.
+    category_codes, category_refs = _dictionary(table, columns("category"), uri, our="category", nullable=not predictions)
+    score = None
+    if predictions:
+        score = _numeric(table, columns("score"), uri, our="score")
+        _check_scores(score, uri, lambda i: f"row {i + 1}, column {columns('score')!r}")
+    box_names = [columns(c) for c in ("bbox_x", "bbox_y", "bbox_w", "bbox_h")]
+    present = [n in table.column_names for n in box_names]
+    boxes = None
+    if any(present):
+        if not all(present):
+            missing = [n for n, p in zip(box_names, present) if not p]
+            raise InputDataError(f"{uri}: missing box column(s) {missing}; a box needs all of {box_names}")
+        boxes = np.column_stack([_numeric(table, n, uri, our=n, nullable=not predictions) for n in box_names])
+        has = category_codes >= 0
+        _check_boxes(np.where(has[:, None], boxes, 0.0), uri, lambda i: f"row {i + 1}, columns {box_names}")
+    return Table(
+        uri=uri, format=fmt, version=blob.version,
+        image_codes=image_codes, image_refs=image_refs,
+        category_codes=category_codes, category_refs=category_refs,
+        score=score, boxes=boxes, polygons=_table_polygons(table, columns("polygon"), uri),
+        iscrowd=np.zeros(len(image_codes), dtype=bool),
+    )
+
+
+def read_input(blob: Blob, fmt: str, columns, *, predictions: bool) -> Table:
+    fmt = detect_format(blob, fmt)
+    if fmt == "coco":
+        return read_coco_results(blob) if predictions else read_coco_ground_truth(blob)
+    return read_table(blob, fmt, columns, predictions=predictions)
