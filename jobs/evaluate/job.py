@@ -37,6 +37,18 @@ def load_inputs(settings: EvalSettings, log):
 
 
 def run(settings: EvalSettings, run_id: str, log: structlog.BoundLogger) -> int:
+    report = build_report(settings, run_id, log)
+    uri = storage.join(settings.output_uri, REPORT_NAME)
+    storage.write(uri, report.model_dump_json(indent=2).encode(), content_type="application/json")
+    s = report.summary
+    log.info("report written", uri=uri, mean_average_precision=s.mean_average_precision,
+             macro_f1=s.macro_f1, classes=len(report.classes))
+    if sys.stdout.isatty():
+        print(format_table(report), flush=True)
+    return ExitCode.OK
+
+
+def build_report(settings: EvalSettings, run_id: str, log: structlog.BoundLogger) -> Report:
     started = utc_now()
     log.info("started", predictions=settings.predictions_uri, annotations=settings.annotations_uri, output=settings.output_uri)
     tables = load_inputs(settings, log)
@@ -52,7 +64,7 @@ def run(settings: EvalSettings, run_id: str, log: structlog.BoundLogger) -> int:
              ignored=int(matches.ignored.sum()), seconds=round(time.perf_counter() - t0, 3))
 
     classes, summary = evaluate_classes(aligned, matches, policy=settings.policy, min_support=settings.min_support)
-    report = Report(
+    return Report(
         run=RunInfo(id=run_id, started_at=started, finished_at=utc_now(), code_version=code_version(),
                     library_versions=library_versions("numpy", "pyarrow", "msgspec", "shapely", "pydantic", "boto3")),
         inputs={"predictions": input_info(pred, pred_fmt), "annotations": input_info(gt, gt_fmt)},
@@ -62,13 +74,6 @@ def run(settings: EvalSettings, run_id: str, log: structlog.BoundLogger) -> int:
         classes=classes,
         summary=summary,
     )
-    uri = storage.join(settings.output_uri, REPORT_NAME)
-    storage.write(uri, report.model_dump_json(indent=2).encode(), content_type="application/json")
-    log.info("report written", uri=uri, mean_average_precision=summary.mean_average_precision,
-             macro_f1=summary.macro_f1, classes=len(classes))
-    if sys.stdout.isatty():
-        print(format_table(report), flush=True)
-    return ExitCode.OK
 
 
 def _flat(alignment: dict) -> dict:

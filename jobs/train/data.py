@@ -21,7 +21,6 @@ import contextlib
 import hashlib
 import io
 import pickle
-import shutil
 import sys
 import tarfile
 import tempfile
@@ -281,7 +280,3 @@ def pack_cifar(*, train_images: np.ndarray, train_labels: np.ndarray, test_image
             tar.addfile(info, io.BytesIO(payload))
     tmp.replace(dest)
     return dest
-
-
-def cleanup(path: Path) -> None:
-    shutil.rmtree(path, ignore_errors=True)

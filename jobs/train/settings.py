@@ -85,10 +85,11 @@ class TrainSettings(BaseSettings):
     mixup_alpha: float = Field(0.2, gt=0, description="Mixup: Beta(alpha, alpha) mixing coefficient.")
     seed: int = Field(0, description="Seed for weights, data order and augmentation; same seed, same run (on CPU: bit for bit).")
     log_every: int = Field(100, ge=1, description="Log the running training loss every this many steps.")
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+    precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto", description="Autocast precision: 'auto' is bf16 on CUDA and fp32 on CPU."
     )
     channels_last: bool = Field(False, description="Use channels_last memory format (faster convolutions on GPU tensor cores).")
+    compile: bool = Field(False, description="torch.compile the model (GPU: faster after a warm-up compile; the first epoch pays for it).")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="'auto' picks CUDA when available.")
     threads: int = Field(0, ge=0, description="torch intra-op threads per process on CPU (0: torch's default).")
     checkpoint_every: int = Field(1, ge=0, description="Write a checkpoint every this many epochs (0: only on SIGTERM and at the end).")
