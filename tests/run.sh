@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# The test command (README, CI): sets up everything the suite needs on a fresh machine, then runs it.
+#   bash tests/run.sh              # everything, the container-image tests included
+#   bash tests/run.sh -m 'not images' tests/evaluate   # any pytest arguments
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+[ -x .venv/bin/python ] || python3 -m venv .venv
+.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[eval,train,dev]'
+
+# Container-image tests build and run images daemonless (buildah/podman) on a locally made base.
+if [ -f tests/images/prepare.sh ]; then
+  bash tests/images/prepare.sh
+fi
+
+exec .venv/bin/python -m pytest "$@"

@@ -1,0 +1,202 @@
+"""The data path: archive -> verify -> safe extract -> restricted decode, and what it refuses."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import pickle
+import tarfile
+import threading
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+import pytest
+import structlog
+
+from common.errors import InputDataError, StorageError
+from jobs.train import data as cifar
+from jobs.train.pack_images import main as pack_images_main
+from tests.train.conftest import DIGITS, digits_arrays, log_lines, run_train
+
+LOG = structlog.get_logger()
+
+
+def load(uri, tmp_path: Path, **kwargs):
+    return cifar.load_cifar(data_uri=str(uri), cache_dir=tmp_path / "cache", download_url=kwargs.pop("url", cifar.CIFAR10_URL),
+                            expected_sha256=kwargs.pop("sha256", None), log=LOG)
+
+
+def tar_with(dest: Path, members: dict[str, bytes], *, extra=()) -> Path:
+    """A .tar.gz holding `members` under cifar-10-batches-py/, plus raw TarInfo `extra` entries."""
+    with tarfile.open(dest, "w:gz") as tar:
+        for name, payload in members.items():
+            info = tarfile.TarInfo(f"{cifar.FOLDER_NAME}/{name}")
+            info.size = len(payload)
+            tar.addfile(info, io.BytesIO(payload))
+        for info, payload in extra:
+            tar.addfile(info, io.BytesIO(payload) if payload is not None else None)
+    return dest
+
+
+def valid_members(n: int = 20) -> dict[str, bytes]:
+    rng = np.random.default_rng(0)
+    batch = lambda: pickle.dumps({"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),  # noqa: E731
+                                  "labels": [int(x) for x in rng.integers(0, 10, n)]}, protocol=4)
+    members = {name: batch() for name in cifar.TRAIN_BATCHES}
+    members[cifar.TEST_BATCH] = batch()
+    members[cifar.META] = pickle.dumps({"label_names": DIGITS}, protocol=4)
+    return members
+
+
+class RunsCode:
+    """Unpickling this calls os.system: what a hostile batch file would do."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_digits_archive_round_trips(digits_archive, tmp_path):
+    data = load(digits_archive, tmp_path)
+    train_images, train_labels, test_images, test_labels = digits_arrays()
+    assert data.classes == DIGITS
+    assert data.train_images.shape == (len(train_labels), 3, 32, 32) and str(data.train_images.dtype) == "torch.uint8"
+    assert np.array_equal(data.train_images.numpy(), train_images)
+    assert np.array_equal(data.test_labels.numpy(), test_labels)
+    assert data.sha256 == hashlib.sha256(digits_archive.read_bytes()).hexdigest()
+    assert not list((tmp_path / "cache").glob("work-*")), "the extraction folder is removed"
+
+
+def test_extracted_folder_loads_the_same(digits_archive, tmp_path):
+    with tarfile.open(digits_archive) as tar:
+        tar.extractall(tmp_path / "x", filter="data")
+    from_folder = load(tmp_path / "x" / cifar.FOLDER_NAME, tmp_path)
+    from_archive = load(digits_archive, tmp_path)
+    assert np.array_equal(from_folder.train_images.numpy(), from_archive.train_images.numpy())
+
+
+def test_sha256_is_enforced_when_given(digits_archive, tmp_path):
+    good = hashlib.sha256(digits_archive.read_bytes()).hexdigest()
+    assert load(digits_archive, tmp_path, sha256=good).sha256 == good
+    with pytest.raises(InputDataError, match="differs from TRAIN_DATA_SHA256"):
+        load(digits_archive, tmp_path, sha256="0" * 64)
+
+
+def test_pickle_that_runs_code_is_refused_and_does_not_run(tmp_path):
+    marker = tmp_path / "pwned"
+    members = valid_members()
+    members["data_batch_1"] = pickle.dumps({"data": RunsCode(marker), "labels": []})
+    archive = tar_with(tmp_path / "evil.tar.gz", members)
+    with pytest.raises(InputDataError, match=r"data_batch_1 .*refused global (posix|os)\.system"):
+        load(archive, tmp_path)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("payload", [
+    pickle.dumps(eval),  # builtins.eval by reference
+    b"cbuiltins\nexec\n(S'import os'\ntR.",  # a hand-written GLOBAL + REDUCE
+    pickle.dumps({"data": __import__("collections").OrderedDict()}),  # harmless but not in the layout
+])
+def test_any_global_outside_the_layout_is_refused(tmp_path, payload):
+    members = valid_members()
+    members["test_batch"] = payload
+    with pytest.raises(InputDataError, match="test_batch is not a safe CIFAR batch pickle: refused global"):
+        load(tar_with(tmp_path / "a.tar.gz", members), tmp_path)
+
+
+def test_path_traversal_member_is_refused(tmp_path):
+    info = tarfile.TarInfo("../../escaped.txt")
+    info.size = 4
+    archive = tar_with(tmp_path / "a.tar.gz", valid_members(), extra=[(info, b"evil")])
+    (tmp_path / "cache").mkdir()
+    with pytest.raises(InputDataError, match=r"refused archive member '\.\./\.\./escaped\.txt'"):
+        load(archive, tmp_path)
+    assert not list(tmp_path.rglob("escaped.txt"))
+
+
+def test_symlink_out_of_the_archive_is_refused(tmp_path):
+    link = tarfile.TarInfo(f"{cifar.FOLDER_NAME}/data_batch_1")
+    link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+    members = valid_members()
+    del members["data_batch_1"]
+    with pytest.raises(InputDataError, match="refused archive member 'cifar-10-batches-py/data_batch_1'"):
+        load(tar_with(tmp_path / "a.tar.gz", members, extra=[(link, None)]), tmp_path)
+
+
+def test_corrupt_archive_and_wrong_shapes_and_missing_file(digits_archive, tmp_path):
+    truncated = tmp_path / "truncated.tar.gz"
+    truncated.write_bytes(digits_archive.read_bytes()[:5000])
+    with pytest.raises(InputDataError, match="truncated.tar.gz: not a readable tar archive"):
+        load(truncated, tmp_path)
+    members = valid_members()
+    members["data_batch_3"] = pickle.dumps({"data": np.zeros((5, 100), np.uint8), "labels": [0] * 5}, protocol=4)
+    with pytest.raises(InputDataError, match=r"data_batch_3: 'data' must be a uint8 array \(N, 3072\), got uint8 \(5, 100\)"):
+        load(tar_with(tmp_path / "shape.tar.gz", members), tmp_path)
+    members = valid_members()
+    del members["data_batch_5"]
+    with pytest.raises(InputDataError, match="data_batch_5 missing"):
+        load(tar_with(tmp_path / "short.tar.gz", members), tmp_path)
+    with pytest.raises(InputDataError, match="nope.tar.gz: no such file"):
+        load(tmp_path / "nope.tar.gz", tmp_path)
+
+
+def test_bad_archive_exits_65_without_traceback_or_output(tmp_path, train_env):
+    marker = tmp_path / "pwned"
+    members = valid_members()
+    members["data_batch_2"] = pickle.dumps({"data": RunsCode(marker), "labels": []})
+    archive = tar_with(tmp_path / "evil.tar.gz", members)
+    out = tmp_path / "out"
+    result = run_train({**train_env, "TRAIN_DATA_URI": str(archive), "TRAIN_OUTPUT_URI": str(out)}, timeout=120)
+    assert result.returncode == 65, result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    error = [line for line in log_lines(result.stdout) if line["level"] == "error"]
+    assert error and "data_batch_2" in error[0]["error"] and error[0]["rank"] == 0
+    assert not out.exists() and not marker.exists()
+
+
+def test_download_uses_torchvision_downloader_then_the_cache(digits_archive, tmp_path):
+    """`download` fetches TRAIN_DOWNLOAD_URL (here a loopback HTTP server) once, then reads the cache.
+
+    torchvision's CIFAR10 class is not used: it would unpickle the batches unrestricted, and its md5
+    is the published archive's, which a test cannot reproduce. The job uses torchvision's
+    `download_url` (md5-checked for the published URL) and then its own verify/extract/decode path.
+    """
+    handler = partial(SimpleHTTPRequestHandler, directory=str(digits_archive.parent))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/{digits_archive.name}"
+    sha256 = hashlib.sha256(digits_archive.read_bytes()).hexdigest()
+    try:
+        first = load("download", tmp_path, url=url, sha256=sha256)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert (tmp_path / "cache" / cifar.ARCHIVE_NAME).read_bytes() == digits_archive.read_bytes()
+    second = load("download", tmp_path, url=url, sha256=sha256)  # the server is gone: served from the cache
+    assert np.array_equal(first.test_images.numpy(), second.test_images.numpy())
+    with pytest.raises(StorageError, match="download failed"):
+        load("download", tmp_path / "empty", url=url)
+
+
+def test_pack_images_converts_an_image_folder_tree(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    for split, n in (("train", 3), ("test", 2)):
+        for cls in ("cat", "dog"):
+            folder = tmp_path / "tree" / split / cls
+            folder.mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    dest = tmp_path / "packed" / cifar.ARCHIVE_NAME
+    assert pack_images_main([str(tmp_path / "tree"), str(dest)]) == 0
+    data = load(dest, tmp_path)
+    assert data.classes == ["cat", "dog"] and len(data.train_labels) == 6 and len(data.test_labels) == 4
+    expected = np.asarray(Image.open(tmp_path / "tree" / "test" / "dog" / "1.png")).transpose(2, 0, 1)
+    assert np.array_equal(data.test_images[3].numpy(), expected)
