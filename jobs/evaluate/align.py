@@ -36,6 +36,8 @@ class Objects:
     score: np.ndarray | None = None
 
     def take(self, keep: np.ndarray) -> "Objects":
+        if keep.dtype == bool and keep.all():  # nothing dropped: share the arrays, copy nothing
+            return self
         idx = np.flatnonzero(keep) if keep.dtype == bool else keep
         return Objects(
             image=self.image[idx], cls=self.cls[idx],
@@ -58,7 +60,10 @@ class Aligned:
 def normalise_key(name: str, join_key: str) -> str:
     if join_key == "exact":
         return name
-    base = PurePosixPath(name.replace("\\", "/")).name
+    path = name.replace("\\", "/")
+    base = path.rpartition("/")[2]
+    if base in ("", ".", ".."):  # a trailing '/' or '.': let pathlib say what the name is
+        base = PurePosixPath(path).name
     stem, dot, _ = base.rpartition(".")
     return (stem if dot and stem else base).lower()
 
@@ -105,7 +110,8 @@ def _gt_images(gt: Table, join_key: str) -> tuple[list, list[str], np.ndarray]:
 
 def _join_predictions(gt: Table, pred: Table, ids: list, keys: list, join_key: str) -> tuple[np.ndarray, str]:
     """Each prediction ref's image index (-1 where it does not join) and how the join was made."""
-    if gt.is_coco and pred.is_coco:
+    # COCO results, or a table whose image column holds integer COCO ids, join on the ids.
+    if gt.is_coco and (pred.is_coco or all(type(ref) is int for ref in pred.image_refs)):
         position = {i: n for n, i in enumerate(ids)}
         return np.array([position.get(ref, -1) for ref in pred.image_refs], dtype=np.int64), "coco_image_id"
     if any(k is None for k in keys):
@@ -203,9 +209,11 @@ def align(gt: Table, pred: Table, *, join_key: str, iou_type: str) -> Aligned:
     pred_cls = pred_cls_map[pred.category_codes] if pred.rows else np.zeros(0, np.int64)
     joined = pred_image >= 0
     det = _objects(pred, pred_image, pred_cls, joined, geometry)
+    if det.score is not None:
+        det.score.flags.writeable = False  # later steps share one sort of it (see match.descending_rank)
 
     unjoined_refs = np.unique(pred.image_codes[~joined])
-    predicted_images = np.unique(pred_image[joined])
+    predicted_images = np.flatnonzero(np.bincount(pred_image[joined], minlength=len(ids)))
     alignment = {
         "join": joined_on,
         "annotation_images": len(ids),

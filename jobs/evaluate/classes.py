@@ -5,9 +5,15 @@ from __future__ import annotations
 import numpy as np
 
 from jobs.evaluate.align import Aligned
-from jobs.evaluate.match import Matches
+from jobs.evaluate.match import Matches, descending_rank, stable_order
 from jobs.evaluate.report import ClassResult, Summary
 from jobs.evaluate.sweep import Sweep, average_precision, choose_operating_point, sweep_thresholds
+
+
+def accumulation_order(det, n_classes: int, n_images: int, rank=None) -> np.ndarray:
+    """Detections by class, then descending score, then image, then input order: the order
+    pycocotools accumulates in, which decides AP where scores tie. `rank`: descending_rank(det.score)."""
+    return stable_order((det.cls, n_classes), rank or descending_rank(det.score), (det.image, n_images))
 
 
 def _counts_at(sweep: Sweep, threshold: float) -> tuple[int, int]:
@@ -37,14 +43,15 @@ def evaluate_classes(aligned: Aligned, matches: Matches, *, policy: str, min_sup
 
     # Non-ignored detections by class, then descending score, then image and input order: the
     # order pycocotools accumulates in, which decides AP where scores tie.
-    keep = np.flatnonzero(~matches.ignored)
-    order = keep[np.lexsort((keep, det.image[keep], -det.score[keep], det.cls[keep]))]
+    rank = descending_rank(det.score)
+    order = accumulation_order(det, n_classes, aligned.n_images, rank)
+    order = order[~matches.ignored[order]]
     cls_sorted, score_sorted, tp_sorted = det.cls[order], det.score[order], matches.tp[order]
     bounds = np.searchsorted(cls_sorted, np.arange(n_classes + 1))
 
     # The pooled sweep over classes with ground truth gives the fallback for thin classes.
     pooled = np.flatnonzero(n_gt[cls_sorted] > 0)
-    pooled = pooled[np.argsort(-score_sorted[pooled], kind="stable")]
+    pooled = pooled[np.argsort(rank[0][order[pooled]], kind="stable")]  # by descending score, stable
     global_sweep = sweep_thresholds(score_sorted[pooled], tp_sorted[pooled], int(n_gt.sum()))
     g_idx = choose_operating_point(global_sweep, policy)
     global_threshold = None if g_idx is None else float(global_sweep.thresholds[g_idx])
@@ -82,3 +89,91 @@ def evaluate_classes(aligned: Aligned, matches: Matches, *, policy: str, min_sup
         thresholds={r.name: r.threshold for r in results if r.threshold is not None},
     )
     return results, summary
+
+
+def evaluate_at_thresholds(aligned: Aligned, matches: Matches, chosen: list[ClassResult], *,
+                           global_threshold: float | None) -> tuple[list[ClassResult], Summary]:
+    """AP and counts on these images at thresholds chosen elsewhere (on other images).
+
+    `chosen` is evaluate_classes' output on the images that chose the thresholds, one per class in
+    the same order; each result keeps its status and threshold, while counts, AP, precision, recall
+    and F1 are measured here.
+    """
+    det, gt = aligned.det, aligned.gt
+    n_classes = len(aligned.classes)
+    n_gt = np.bincount(gt.cls[~gt.crowd], minlength=n_classes)
+    n_pred = np.bincount(det.cls, minlength=n_classes)
+    keep = np.flatnonzero(~matches.ignored)
+    order = keep[np.lexsort((keep, det.image[keep], -det.score[keep], det.cls[keep]))]
+    cls_sorted, score_sorted, tp_sorted = det.cls[order], det.score[order], matches.tp[order]
+    bounds = np.searchsorted(cls_sorted, np.arange(n_classes + 1))
+
+    results = []
+    for c, (info, picked) in enumerate(zip(aligned.classes, chosen)):
+        lo, hi = bounds[c], bounds[c + 1]
+        common = dict(n_gt=int(n_gt[c]), n_pred=int(n_pred[c]))
+        ap = (average_precision(tp_sorted[lo:hi], int(n_gt[c])) if hi > lo else 0.0) if n_gt[c] else None
+        threshold = picked.threshold
+        if threshold is None:  # as evaluate_classes: without ground truth every detection is a false positive
+            tp, fp = 0, (int(hi - lo) if n_gt[c] == 0 else 0)
+        else:
+            tp, fp = _counts_at(sweep_thresholds(score_sorted[lo:hi], tp_sorted[lo:hi], int(n_gt[c])), threshold)
+        result = _result(info, picked.status, ap=ap, threshold=threshold, tp=tp, fp=fp, **common)
+        if threshold is None:
+            result = result.model_copy(update={"precision": None, "recall": None, "f1": None, "fn": int(n_gt[c])})
+        results.append(result)
+
+    with_gt = [r for r in results if r.n_ground_truth > 0]
+    f1s = [r.f1 for r in with_gt if r.f1 is not None]
+    summary = Summary(
+        mean_average_precision=float(np.mean([r.average_precision for r in with_gt])) if with_gt else None,
+        macro_f1=float(np.mean(f1s)) if f1s else None,
+        global_threshold=global_threshold,
+        thresholds={r.name: r.threshold for r in results if r.threshold is not None},
+    )
+    return results, summary
+
+
+def iou_key(threshold: float) -> str:
+    """The report's key for an IoU threshold: 0.8999999999999999 (as pycocotools builds it) is '0.9'."""
+    return format(round(threshold, 6), "g")
+
+
+def add_ap_by_iou(aligned: Aligned, matches_by_iou: list[Matches], iou_thresholds: list[float],
+                  classes: list[ClassResult], summary: Summary) -> tuple[list[ClassResult], Summary]:
+    """Each class's AP at every extra IoU threshold and their mean (COCO AP@[.5:.95]), beside its results.
+
+    `matches_by_iou[t]` matches every detection at `iou_thresholds[t]`; AP is computed as in
+    `evaluate_classes`, so at the main threshold it equals `average_precision` exactly.
+    """
+    det, gt = aligned.det, aligned.gt
+    n_classes = len(aligned.classes)
+    n_gt = np.bincount(gt.cls[~gt.crowd], minlength=n_classes)
+    # One sort for all thresholds: each drops its own ignored detections, which keeps the order.
+    order = accumulation_order(det, n_classes, aligned.n_images)
+    ap = np.full((n_classes, len(iou_thresholds)), np.nan)
+    for t, matches in enumerate(matches_by_iou):
+        kept = order[~matches.ignored[order]]
+        tp_sorted = matches.tp[kept]
+        bounds = np.searchsorted(det.cls[kept], np.arange(n_classes + 1))
+        for c in np.flatnonzero(n_gt > 0):
+            lo, hi = bounds[c], bounds[c + 1]
+            ap[c, t] = average_precision(tp_sorted[lo:hi], int(n_gt[c])) if hi > lo else 0.0
+    keys = [iou_key(t) for t in iou_thresholds]
+    out = []
+    for c, result in enumerate(classes):
+        if n_gt[c] == 0:
+            out.append(result)
+            continue
+        out.append(result.model_copy(update={
+            "average_precision_by_iou": dict(zip(keys, ap[c].tolist())),
+            "average_precision_iou_mean": float(ap[c].mean()),
+        }))
+    with_gt = ap[n_gt > 0]
+    if with_gt.size:
+        means = with_gt.mean(axis=0)
+        summary = summary.model_copy(update={
+            "mean_average_precision_by_iou": dict(zip(keys, means.tolist())),
+            "mean_average_precision_iou_mean": float(means.mean()),
+        })
+    return out, summary

@@ -12,6 +12,7 @@ so the greedy order inside each group is preserved. The number of steps is the l
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,9 +29,46 @@ class Matches:
     ignored: np.ndarray
 
 
-def _group_order(group: np.ndarray, *secondary: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Stable order by group then the secondary keys; group start offsets and sizes per row."""
-    order = np.lexsort((np.arange(group.size), *reversed(secondary), group))
+_last_rank: tuple = (None, None)
+
+
+def descending_rank(score: np.ndarray) -> tuple[np.ndarray, int]:
+    """Dense rank of each score, 0 for the highest (equal scores share a rank), and the rank count.
+
+    Sorting the float scores once and then integer keys is much faster than lexsort over floats.
+    Matching and the sweep both need it: for a read-only array (align makes the detections'
+    scores read-only) the last result is reused, so the scores are sorted once per run.
+    """
+    global _last_rank
+    cached_ref, cached = _last_rank
+    if cached_ref is not None and cached_ref() is score and not score.flags.writeable:
+        return cached
+    uniques, rank = np.unique(-score, return_inverse=True)
+    result = rank.reshape(-1).astype(np.int64, copy=False), int(uniques.size)
+    if not score.flags.writeable:
+        _last_rank = (weakref.ref(score), result)
+    return result
+
+
+def stable_order(*keys: tuple[np.ndarray, int]) -> np.ndarray:
+    """Stable order by integer keys, most significant first; each key is (values in [0, size), size).
+
+    The keys combine into one int64 when their sizes allow (one sort instead of one per key).
+    """
+    span = 1
+    for _, size in keys:
+        span *= max(size, 1)
+    if span < 2**62:
+        combined = np.zeros(keys[0][0].size, dtype=np.int64)
+        for values, size in keys:
+            combined = combined * max(size, 1) + values
+        return np.argsort(combined, kind="stable")
+    return np.lexsort([values for values, _ in reversed(keys)])
+
+
+def _group_order(group: np.ndarray, n_groups: int, secondary: np.ndarray, n_secondary: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Stable order by group then the secondary key; sorted groups and group start offsets."""
+    order = stable_order((group, n_groups), (secondary, n_secondary))
     g_sorted = group[order]
     starts = np.flatnonzero(np.r_[True, g_sorted[1:] != g_sorted[:-1]]) if g_sorted.size else np.zeros(0, np.int64)
     return order, g_sorted, starts
@@ -60,57 +98,74 @@ def pair_ious(det: Objects, gt: Objects, pair_det: np.ndarray, pair_gt: np.ndarr
 
 def match_detections(det: Objects, gt: Objects, *, n_classes: int, iou_threshold: float, geometry: str) -> Matches:
     """Greedy matching of every detection; `det.score` orders detections within a group."""
-    n_det = det.image.size
-    tp = np.zeros(n_det, dtype=bool)
-    ignored = np.zeros(n_det, dtype=bool)
+    return match_at_thresholds(det, gt, n_classes=n_classes, iou_thresholds=[iou_threshold], geometry=geometry)[0]
+
+
+def match_at_thresholds(det: Objects, gt: Objects, *, n_classes: int, iou_thresholds, geometry: str) -> list[Matches]:
+    """`match_detections` at each IoU threshold, independently, sharing the pairs and their IoUs.
+
+    The thresholds run side by side in the same rank steps (a leading axis of length T), so T
+    thresholds cost T times the array work but not T times the Python steps or the IoUs.
+    """
+    thresholds = np.asarray(iou_thresholds, dtype=np.float64)
+    n_t, n_det = thresholds.size, det.image.size
+    tp = np.zeros((n_t, n_det), dtype=bool)
+    ignored = np.zeros((n_t, n_det), dtype=bool)
     if n_det == 0 or gt.image.size == 0:
-        return Matches(tp, ignored)
+        return [Matches(tp[t], ignored[t]) for t in range(n_t)]
 
     det_group = det.image * n_classes + det.cls
     gt_group = gt.image * n_classes + gt.cls
+    n_groups = int(max(det_group.max(), gt_group.max())) + 1
     # Detections: by score descending, ties in input order (pycocotools' mergesort).
-    d_order, d_group, d_starts = _group_order(det_group, -det.score)
+    d_order, d_group, d_starts = _group_order(det_group, n_groups, *descending_rank(det.score))
     d_rank = np.arange(n_det) - np.repeat(d_starts, np.diff(np.r_[d_starts, n_det]))
     # Ground truth: non-crowd first, then input order (pycocotools sorts by the ignore flag).
-    g_order, g_group, _ = _group_order(gt_group, gt.crowd)
+    g_order, g_group, _ = _group_order(gt_group, n_groups, gt.crowd.astype(np.int64), 2)
     g_crowd = gt.crowd[g_order]
 
     pair_det, pair_gt = _pairs(d_group, g_group)  # pair_det indexes d_order, pair_gt g_order
     if pair_det.size == 0:
-        return Matches(tp, ignored)
+        return [Matches(tp[t], ignored[t]) for t in range(n_t)]
     iou = pair_ious(det, gt, d_order[pair_det], g_order[pair_gt], geometry)
-    threshold = min(iou_threshold, 1 - 1e-10)  # pycocotools clips t the same way
+    # Pairs below every threshold can never match: drop them before the rank loop.
+    reach = iou >= min(thresholds.min(), 1 - 1e-10)
+    pair_det, pair_gt, iou = pair_det[reach], pair_gt[reach], iou[reach]
+    limit = np.minimum(thresholds, 1 - 1e-10)[:, None]  # pycocotools clips t the same way
     # Candidate score: any non-crowd match beats any crowd match; within each kind the higher IoU.
     pair_crowd = g_crowd[pair_gt]
-    candidate = np.where(iou >= threshold, iou + np.where(pair_crowd, 0.0, 2.0), -1.0)
+    candidate = np.where(iou >= limit, iou + np.where(pair_crowd, 0.0, 2.0), -1.0)  # (T, pairs)
 
     # Pairs ordered by the rank of their detection, then detection, then ground truth.
-    by_rank = np.lexsort((pair_gt, pair_det, d_rank[pair_det]))
-    pair_det, pair_gt, candidate, pair_crowd = pair_det[by_rank], pair_gt[by_rank], candidate[by_rank], pair_crowd[by_rank]
-    rank_bounds = np.searchsorted(d_rank[pair_det], np.arange(d_rank.max() + 2))
+    pair_rank = d_rank[pair_det]
+    by_rank = np.lexsort((pair_gt, pair_det, pair_rank))
+    pair_det, pair_gt, pair_crowd, pair_rank = pair_det[by_rank], pair_gt[by_rank], pair_crowd[by_rank], pair_rank[by_rank]
+    candidate = candidate[:, by_rank]
+    rank_bounds = np.searchsorted(pair_rank, np.arange(pair_rank[-1] + 2)) if pair_rank.size else np.zeros(1, np.int64)
 
-    gt_taken = np.zeros(g_group.size, dtype=bool)
-    tp_sorted = np.zeros(n_det, dtype=bool)
-    ignored_sorted = np.zeros(n_det, dtype=bool)
+    gt_taken = np.zeros((n_t, g_group.size), dtype=bool)
+    tp_sorted = np.zeros((n_t, n_det), dtype=bool)
+    ignored_sorted = np.zeros((n_t, n_det), dtype=bool)
     for k in range(rank_bounds.size - 1):
         lo, hi = rank_bounds[k], rank_bounds[k + 1]
         if lo == hi:
             continue
         p_det, p_gt, p_crowd = pair_det[lo:hi], pair_gt[lo:hi], pair_crowd[lo:hi]
         # A non-crowd ground truth taken by a higher-scored detection is out of reach.
-        cand = np.where(gt_taken[p_gt] & ~p_crowd, -1.0, candidate[lo:hi])
+        cand = np.where(gt_taken[:, p_gt] & ~p_crowd, -1.0, candidate[:, lo:hi])
         starts = np.flatnonzero(np.r_[True, p_det[1:] != p_det[:-1]])
-        best = np.maximum.reduceat(cand, starts)
+        best = np.maximum.reduceat(cand, starts, axis=1)
         seg = np.repeat(np.arange(starts.size), np.diff(np.r_[starts, p_det.size]))
         # Among the pairs at the best candidate, the last ground truth in order wins (pycocotools).
-        at_best = (cand == best[seg]) & (cand >= 0)
-        chosen = np.maximum.reduceat(np.where(at_best, np.arange(p_det.size), -1), starts)
-        chosen = chosen[chosen >= 0]
+        at_best = (cand == best[:, seg]) & (cand >= 0)
+        chosen = np.maximum.reduceat(np.where(at_best, np.arange(p_det.size), -1), starts, axis=1)
+        t_hit, s_hit = np.nonzero(chosen >= 0)
+        chosen = chosen[t_hit, s_hit]
         hit_det, hit_gt, hit_crowd = p_det[chosen], p_gt[chosen], p_crowd[chosen]
-        tp_sorted[hit_det[~hit_crowd]] = True
-        ignored_sorted[hit_det[hit_crowd]] = True
-        gt_taken[hit_gt[~hit_crowd]] = True
+        tp_sorted[t_hit[~hit_crowd], hit_det[~hit_crowd]] = True
+        ignored_sorted[t_hit[hit_crowd], hit_det[hit_crowd]] = True
+        gt_taken[t_hit[~hit_crowd], hit_gt[~hit_crowd]] = True
 
-    tp[d_order] = tp_sorted
-    ignored[d_order] = ignored_sorted
-    return Matches(tp, ignored)
+    tp[:, d_order] = tp_sorted
+    ignored[:, d_order] = ignored_sorted
+    return [Matches(tp[t], ignored[t]) for t in range(n_t)]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 SCHEMA_VERSION = "1.0"
 
@@ -25,6 +25,10 @@ class ClassResult(BaseModel):
     tp: int
     fp: int
     fn: int
+    average_precision_by_iou: dict[str, float] | None = Field(
+        None, description="AP at each EVAL_IOU_THRESHOLDS value (key: the IoU); absent unless set, null without ground truth")
+    average_precision_iou_mean: float | None = Field(
+        None, description="mean of average_precision_by_iou: COCO AP@[.5:.95] with EVAL_IOU_THRESHOLDS=0.5:0.95:0.05")
 
 
 class Summary(BaseModel):
@@ -32,6 +36,10 @@ class Summary(BaseModel):
     macro_f1: float | None = Field(description="mean F1 at the chosen thresholds over classes with ground truth and a defined F1")
     global_threshold: float | None = Field(description="the policy's threshold on all classes pooled; the low_support fallback")
     thresholds: dict[str, float] = Field(description="class name -> threshold, for every class that has one")
+    mean_average_precision_by_iou: dict[str, float] | None = Field(
+        None, description="mean over classes with ground truth of AP at each EVAL_IOU_THRESHOLDS value; absent unless set")
+    mean_average_precision_iou_mean: float | None = Field(
+        None, description="mean of mean_average_precision_by_iou: COCO mAP@[.5:.95] with the COCO thresholds")
 
 
 class InputInfo(BaseModel):
@@ -69,6 +77,125 @@ class Matching(BaseModel):
     geometry: Literal["bbox", "polygon", "image"] = Field(description="'image' is image-level multi-label matching")
     iou_threshold: float
     policy: str
+    iou_thresholds: list[float] | None = Field(None, description="EVAL_IOU_THRESHOLDS: the extra IoUs AP is reported at")
+
+
+class Nms(BaseModel):
+    iou_threshold: float = Field(description="a detection is dropped when IoU > this with a kept, higher-scored one")
+    scope: str = Field("per image and class", description="NMS never suppresses across images or classes")
+    geometry: Literal["bbox", "polygon", "image"] = Field(description="'image': rows have no geometry, so the best row per (image, class) is kept")
+    detections_before: int
+    detections_after: int
+
+
+class Holdout(BaseModel):
+    fraction: float = Field(description="share of images held out; `classes` report P/R/F1/AP on them")
+    seed: int
+    unit: Literal["image"] = "image"
+    selection_images: int = Field(description="images that chose the thresholds")
+    evaluation_images: int = Field(description="held-out images that `classes` and `summary` are measured on")
+    selection_classes: list[ClassResult] = Field(description="in-sample results on the selection images (optimistic)")
+    selection_summary: Summary
+
+
+class ReliabilityBin(BaseModel):
+    lower: float
+    upper: float
+    count: int
+    confidence: float | None = Field(description="mean score in the bin; null when empty")
+    accuracy: float | None = Field(description="share of true positives in the bin; null when empty")
+
+
+class ClassCalibration(BaseModel):
+    name: str
+    n_detections: int
+    threshold: float | None = Field(description="the class threshold on the raw score scale")
+    calibrated_threshold: float | None = Field(description="the same threshold on the calibrated scale")
+    ece_before: float | None
+    ece_after: float | None = Field(description="on cross-fitted (out-of-fold) calibrated scores")
+
+
+class Calibration(BaseModel):
+    method: Literal["temperature"]
+    target: str = Field(description="what a calibrated score is the probability of")
+    fit: Literal["cross_validation"] = Field(description="how T was fitted without scoring detections it saw")
+    fit_description: str
+    folds: int
+    seed: int
+    status: Literal["ok", "not_fitted"] = Field(description="'not_fitted' when the detections are all TP or all FP")
+    temperature: float | None = Field(description="T fitted on all images; calibrated = sigmoid(logit(score) / T)")
+    fold_temperatures: list[float] = Field(description="T fitted without each fold (their spread shows its stability)")
+    n_detections: int
+    n_true_positives: int
+    score_clip: float = Field(description="scores are clipped to [score_clip, 1 - score_clip] before the logit")
+    n_bins: int
+    binning: str
+    ece_before: float | None = Field(description="ECE of the raw scores")
+    ece_after: float | None = Field(description="ECE of the cross-fitted calibrated scores")
+    nll_before: float | None = Field(description="mean Bernoulli NLL of the raw scores")
+    nll_after: float | None = Field(description="mean Bernoulli NLL of the cross-fitted calibrated scores")
+    reliability_before: list[ReliabilityBin]
+    reliability_after: list[ReliabilityBin]
+    global_threshold: float | None = Field(description="summary.global_threshold on the calibrated scale")
+    thresholds: dict[str, float] = Field(description="class name -> threshold on the calibrated scale")
+    classes: list[ClassCalibration]
+
+
+class Interval(BaseModel):
+    low: float | None = Field(description="2.5th percentile over the replicates where the value is defined")
+    high: float | None = Field(description="97.5th percentile")
+    defined: int = Field(description="replicates in which the value was defined")
+
+
+class ClassIntervals(BaseModel):
+    name: str
+    average_precision: Interval
+    f1: Interval = Field(description="F1 at the threshold chosen in the same replicate")
+    threshold: Interval
+
+
+class Bootstrap(BaseModel):
+    replicates: int
+    seed: int
+    unit: Literal["image"] = "image"
+    confidence: float = 0.95
+    method: Literal["percentile"] = "percentile"
+    resampling: str = Field(description="which images were resampled, and how the holdout was kept")
+    mean_average_precision: Interval
+    macro_f1: Interval
+    classes: list[ClassIntervals]
+
+
+class DriftChange(BaseModel):
+    model_config = ConfigDict(populate_by_name=True, serialize_by_alias=True)
+
+    class_: str = Field(alias="class", serialization_alias="class", description="class name")
+    reasons: list[Literal["threshold", "f1", "threshold_appeared", "threshold_disappeared", "class_added", "class_removed"]]
+    baseline_threshold: float | None
+    threshold: float | None
+    delta: float | None = Field(description="threshold - baseline_threshold")
+    baseline_f1: float | None
+    f1: float | None
+
+
+class Drift(BaseModel):
+    baseline: str | None = Field(description="the baseline report compared with; null when none was found")
+    requested: str = Field(description="EVAL_BASELINE_URI as given")
+    baseline_run_id: str | None = None
+    baseline_version: str | None = Field(None, description="ETag or sha256 of the baseline report")
+    threshold_tolerance: float = Field(description="a class drifts when |delta| > this")
+    f1_tolerance: float = Field(description="... or when baseline_f1 - f1 > this")
+    compared_classes: int
+    drifted: bool = Field(description="true when `changed` is not empty")
+    changed: list[DriftChange]
+    config_differences: list[str] = Field(
+        default_factory=list,
+        description="settings that change thresholds and differ from the baseline's (comparison may be unfair)")
+
+
+class Artifacts(BaseModel):
+    index: str | None = Field(description="the HTML page, relative to the report")
+    plots: list[str] = Field(description="PNG files, relative to the report")
 
 
 class Report(BaseModel):
@@ -80,6 +207,12 @@ class Report(BaseModel):
     matching: Matching
     classes: list[ClassResult]
     summary: Summary
+    nms: Nms | None = None
+    holdout: Holdout | None = None
+    calibration: Calibration | None = None
+    bootstrap: Bootstrap | None = None
+    drift: Drift | None = None
+    artifacts: Artifacts | None = None
 
 
 def input_info(table, fmt: str) -> InputInfo:

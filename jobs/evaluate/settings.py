@@ -1,10 +1,13 @@
 """`EVAL_` settings of the evaluation job. `python -m jobs.evaluate --help` renders this class."""
 
+import json
 import re
-from typing import Literal
+from typing import Annotated, Literal
+
+import numpy as np
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 TABLE_COLUMNS = ("image", "category", "score", "bbox_x", "bbox_y", "bbox_w", "bbox_h", "polygon")
 Format = Literal["auto", "coco", "csv", "parquet", "jsonl"]
@@ -18,6 +21,12 @@ class EvalSettings(BaseSettings):
     annotations_uri: str = Field(description="Ground truth: s3://bucket/key or a local path (COCO JSON, CSV, Parquet, JSONL).")
     output_uri: str = Field(description="Output prefix (s3://bucket/prefix or a folder); the report is <prefix>/thresholds.json.")
     iou_threshold: float = Field(0.5, gt=0.0, le=1.0, description="A detection matches a ground truth at IoU >= this.")
+    iou_thresholds: Annotated[list[float], NoDecode] = Field(
+        default_factory=list,
+        description="More IoU thresholds, for AP only: a JSON list, e.g. [0.5, 0.55, 0.6], or start:stop:step "
+        "(stop included), e.g. 0.5:0.95:0.05 for COCO AP@[.5:.95]. Each class then reports AP at each and their "
+        "mean beside its EVAL_IOU_THRESHOLD results. Empty: off.",
+    )
     format: Format = Field("auto", description="Input format of both files; 'auto' detects from the extension and content.")
     predictions_format: Format | None = Field(None, description="Overrides EVAL_FORMAT for the predictions file.")
     annotations_format: Format | None = Field(None, description="Overrides EVAL_FORMAT for the annotations file.")
@@ -41,6 +50,47 @@ class EvalSettings(BaseSettings):
     min_support: int = Field(
         1, ge=1, description="Classes with fewer ground truths get the global threshold, flagged low_support."
     )
+    nms_iou: float | None = Field(
+        None, gt=0.0, le=1.0,
+        description="Class-wise NMS per image before matching: a detection is dropped when its IoU with a kept, "
+        "higher-scored detection of the same class is > this. Unset: no NMS. Thresholds are only valid under the same NMS.",
+    )
+    holdout_fraction: float = Field(
+        0.0, ge=0.0, lt=1.0,
+        description="Share of images held out (seeded split): thresholds are chosen on the rest and classes' "
+        "AP/P/R/F1 are measured on the held-out images. 0: choose and measure on all images (optimistic).",
+    )
+    seed: int = Field(0, description="Seed of every random draw: the holdout split, bootstrap resamples, calibration folds.")
+    calibration: Literal["none", "temperature"] = Field(
+        "none",
+        description="'temperature': fit one T on logit(score) against 'true positive at the IoU threshold' by maximum "
+        "likelihood (cross-fitted over image folds); report ECE before/after and thresholds on both scales. "
+        "Needs scores in [0, 1].",
+    )
+    calibration_folds: int = Field(5, ge=2, le=100, description="Image folds for cross-fitting the temperature (honest ece_after).")
+    bootstrap: int = Field(
+        0, ge=0, le=100_000,
+        description="Bootstrap replicates (images resampled with replacement) for 95% percentile intervals of AP, "
+        "F1 at the chosen threshold, and the threshold. 0: off.",
+    )
+    baseline_uri: str | None = Field(
+        None,
+        description="An earlier thresholds.json (s3:// or path) to compare with; 'latest' means the latest complete "
+        "report under EVAL_OUTPUT_URI (first run: no baseline, no drift). The report gains a `drift` block.",
+    )
+    drift_tolerance: float = Field(
+        0.05, ge=0.0, description="A class drifts when its threshold moved by more than this (absolute, raw score scale)."
+    )
+    drift_f1_tolerance: float = Field(0.05, ge=0.0, description="A class drifts when its F1 fell by more than this.")
+    fail_on_drift: bool = Field(
+        True, description="Exit 3 (drift detected) after writing the report when any class drifted; false: exit 0."
+    )
+    output_layout: Literal["flat", "runs"] = Field(
+        "flat",
+        description="'flat': write into EVAL_OUTPUT_URI. 'runs' (scheduled runs): write into "
+        "EVAL_OUTPUT_URI/runs/<run id>/ (the report only if absent), then point EVAL_OUTPUT_URI/latest.json at it.",
+    )
+    plots: bool = Field(True, description="Write PNG plots per class and an index.html beside the report.")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
 
     @field_validator("columns")
@@ -49,6 +99,35 @@ class EvalSettings(BaseSettings):
         unknown = sorted(set(value) - set(TABLE_COLUMNS))
         if unknown:
             raise ValueError(f"unknown column key(s) {unknown}; expected some of {list(TABLE_COLUMNS)}")
+        return value
+
+    @field_validator("iou_thresholds", mode="before")
+    @classmethod
+    def _parse_iou_thresholds(cls, value):
+        if not isinstance(value, str):
+            return value
+        text = value.strip()
+        if not text:
+            return []
+        if text.startswith("["):
+            return json.loads(text)
+        parts = text.split(":")
+        if len(parts) != 3:
+            raise ValueError("expected a JSON list of IoUs or start:stop:step")
+        start, stop, step = map(float, parts)
+        if not step > 0 or stop < start:
+            raise ValueError("start:stop:step needs step > 0 and stop >= start")
+        # Built as pycocotools builds its thresholds (a count of steps, then linspace), bit for bit.
+        count = int(np.round((stop - start) / step)) + 1
+        return np.linspace(start, start + (count - 1) * step, count).tolist()
+
+    @field_validator("iou_thresholds")
+    @classmethod
+    def _valid_iou_thresholds(cls, value: list[float]) -> list[float]:
+        if any(not 0.0 < t <= 1.0 for t in value):
+            raise ValueError("every IoU threshold must be in (0, 1]")
+        if len(set(value)) != len(value):
+            raise ValueError("IoU thresholds must be distinct")
         return value
 
     @field_validator("policy")

@@ -22,18 +22,26 @@ def step_seed(*, seed: int, epoch: int, step: int, rank: int) -> int:
 
 
 def random_crop(images: torch.Tensor, *, padding: int, gen: torch.Generator) -> torch.Tensor:
-    """Reflect-pad by `padding` and cut a random HxW window per image. Float (B, C, H, W) -> same."""
+    """Reflect-pad by `padding` and cut a random HxW window per image. Float (B, C, H, W) -> same.
+
+    One slice per possible shift (2 * padding + 1 of them, rows then columns) instead of a per-pixel
+    gather: advanced indexing with four broadcast index tensors is ~10x slower on CPU.
+    """
     if padding == 0:
         return images
     b, _, h, w = images.shape
     padded = F.pad(images, (padding,) * 4, mode="reflect")
     dy = torch.randint(0, 2 * padding + 1, (b,), generator=gen, device=gen.device).to(images.device)
     dx = torch.randint(0, 2 * padding + 1, (b,), generator=gen, device=gen.device).to(images.device)
-    rows = (dy[:, None] + torch.arange(h, device=images.device))[:, None, :, None]  # (B, 1, H, 1)
-    cols = (dx[:, None] + torch.arange(w, device=images.device))[:, None, None, :]  # (B, 1, 1, W)
-    batch = torch.arange(b, device=images.device)[:, None, None, None]
-    channel = torch.arange(images.shape[1], device=images.device)[None, :, None, None]
-    return padded[batch, channel, rows, cols]
+    rows = torch.empty_like(padded[:, :, :h, :])
+    for shift in range(2 * padding + 1):
+        chosen = dy == shift
+        rows[chosen] = padded[chosen, :, shift:shift + h, :]
+    out = torch.empty_like(images)
+    for shift in range(2 * padding + 1):
+        chosen = dx == shift
+        out[chosen] = rows[chosen, :, :, shift:shift + w]
+    return out
 
 
 def random_flip(images: torch.Tensor, *, gen: torch.Generator) -> torch.Tensor:

@@ -12,6 +12,12 @@ set -euo pipefail
 BASE_IMAGE="${BASE_IMAGE:-localhost/ml-batch-jobs/debian-python:bookworm}"
 MIRROR="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 
+if [ "$(id -u)" != 0 ]; then
+  echo "prepare.sh: needs root (apt-get, /etc/containers, rootful podman storage)" >&2
+  exit 1
+fi
+
+start_all=$SECONDS
 if ! command -v buildah >/dev/null || ! command -v podman >/dev/null || ! command -v runc >/dev/null \
    || ! command -v mmdebstrap >/dev/null; then
   export DEBIAN_FRONTEND=noninteractive
@@ -21,8 +27,11 @@ fi
 
 # crun (podman's default) fails here on cgroups and rlimits; runc works. The ulimits keep podman from
 # copying the host's (larger than allowed) rlimits into the container.
+# (The tests pass these flags themselves; the file makes plain `podman run` and the docker CLI
+# through `podman system service` work the same way.) An existing file is kept as .orig.
 mkdir -p /etc/containers
 if ! grep -qs 'ml-batch-jobs' /etc/containers/containers.conf; then
+  [ -f /etc/containers/containers.conf ] && cp /etc/containers/containers.conf /etc/containers/containers.conf.orig
   cat >/etc/containers/containers.conf <<'CONF'
 # written by ml-batch-jobs tests/images/prepare.sh
 [containers]
@@ -47,4 +56,5 @@ if ! podman image exists "$BASE_IMAGE"; then
     --change 'CMD=["python3"]' "$work/rootfs.tar" "$BASE_IMAGE" >/dev/null
   echo "built $BASE_IMAGE in $((SECONDS - start)) s"
 fi
-podman image inspect --format '{{.Id}} {{.Size}}' "$BASE_IMAGE"
+podman image inspect --format "$BASE_IMAGE {{.Id}} {{.Size}} bytes" "$BASE_IMAGE"
+echo "prepare.sh: ready in $((SECONDS - start_all)) s"

@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -60,12 +61,34 @@ def train_env(job_env, tmp_path) -> dict[str, str]:
     }
 
 
-def run_train(env: dict[str, str], *, timeout: float = 180, torchrun: int = 0) -> subprocess.CompletedProcess:
+def train_command(*, torchrun: int = 0) -> list[str]:
+    """`python -m jobs.train`, or N processes under torchrun (through the exit-code wrapper)."""
     if torchrun:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={torchrun}", "-m", "jobs.train"]
+        cmd = [sys.executable, "-m", "jobs.train.torchrun", "--standalone", f"--nproc_per_node={torchrun}", "-m", "jobs.train"]
     else:
         cmd = [sys.executable, "-m", "jobs.train"]
-    return subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    return cmd
+
+
+def run_train(env: dict[str, str], *, timeout: float = 180, torchrun: int = 0) -> subprocess.CompletedProcess:
+    return subprocess.run(train_command(torchrun=torchrun), env=env, cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def interrupt_train(env: dict[str, str], *, epoch: int, step: int, torchrun: int = 0) -> tuple[int, str, float]:
+    """Start a run, SIGTERM it once it logs (epoch, step); return (exit code, rest of stdout, seconds to exit)."""
+    proc = subprocess.Popen(train_command(torchrun=torchrun), env=env, cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    sent = None
+    for line in proc.stdout:
+        event = json.loads(line) if line.startswith("{") else {}
+        if event.get("event") == "train" and event.get("epoch") == epoch and event.get("step") == step:
+            proc.send_signal(signal.SIGTERM)
+            sent = time.monotonic()
+            break
+    rest, err = proc.communicate(timeout=60)
+    assert sent is not None, f"never reached epoch {epoch} step {step}: {err[-3000:]}"
+    return proc.returncode, rest, time.monotonic() - sent
 
 
 def log_lines(stdout: str) -> list[dict]:

@@ -8,21 +8,32 @@ from __future__ import annotations
 
 import io
 import json
-import signal
+import os
 import subprocess
 import sys
-import time
 
 import pyarrow.parquet as pq
+import pytest
 import torch
 
-from tests.train.conftest import ROOT, log_lines, read_metrics, run_train
+from tests.train.conftest import ROOT, interrupt_train, log_lines, read_metrics, run_train
 
 
-def test_baseline_learns_digits_and_writes_every_output(digits_archive, train_env, tmp_path):
-    out = tmp_path / "out"
-    result = run_train({**train_env, "TRAIN_DATA_URI": str(digits_archive), "TRAIN_OUTPUT_URI": str(out)})
+@pytest.fixture(scope="module")
+def baseline_run(digits_archive, tmp_path_factory):
+    """One single-process baseline run (3 epochs), shared by the tests that inspect its outputs."""
+    tmp = tmp_path_factory.mktemp("baseline")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("EVAL_", "TRAIN_", "AWS_"))}
+    env.update(PYTHONPATH=str(ROOT), HOME=str(tmp), TRAIN_CACHE_DIR=str(tmp / "cache"), TRAIN_DEVICE="cpu",
+               TRAIN_THREADS="1", OMP_NUM_THREADS="1", TRAIN_BATCH_SIZE="32", TRAIN_EPOCHS="3", TRAIN_LOG_EVERY="10",
+               TRAIN_DATA_URI=str(digits_archive), TRAIN_OUTPUT_URI=str(tmp / "out"))
+    result = run_train(env)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result, tmp / "out", env
+
+
+def test_baseline_learns_digits_and_writes_every_output(baseline_run):
+    result, out, _ = baseline_run
     metrics = read_metrics(out)
     assert metrics["test_accuracy"] >= 0.95, metrics["epochs"]
     assert metrics["epochs_completed"] == 3 and metrics["world_size"] == 1
@@ -49,18 +60,46 @@ def test_baseline_learns_digits_and_writes_every_output(digits_archive, train_en
     assert any(line["event"] == "train" and line["step"] == 10 for line in lines)
 
 
-def test_torchrun_two_processes_with_gloo(digits_archive, train_env, tmp_path):
-    out = tmp_path / "out"
-    env = {**train_env, "TRAIN_DATA_URI": str(digits_archive), "TRAIN_OUTPUT_URI": str(out), "TRAIN_EPOCHS": "3",
-           "TRAIN_BATCH_SIZE": "16"}
-    result = run_train(env, torchrun=2, timeout=240)
+@pytest.mark.skipif(not (ROOT / "jobs" / "evaluate" / "__main__.py").exists(), reason="jobs.evaluate not present")
+def test_evaluate_job_consumes_the_handoff_tables(baseline_run):
+    """train -> evaluate: the evaluation job reads predictions/annotations.parquet as written."""
+    _, out, env = baseline_run
+    report = out.parent / "evaluation"
+    env = {k: v for k, v in env.items() if not k.startswith("TRAIN_")}
+    env.update(EVAL_PREDICTIONS_URI=str(out / "predictions.parquet"), EVAL_ANNOTATIONS_URI=str(out / "annotations.parquet"),
+               EVAL_OUTPUT_URI=str(report), EVAL_CALIBRATION="temperature", EVAL_PLOTS="false")
+    result = subprocess.run([sys.executable, "-m", "jobs.evaluate"], env=env, cwd=ROOT, capture_output=True, text=True,
+                            timeout=180)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    metrics = read_metrics(out)
-    assert metrics["world_size"] == 2 and metrics["global_batch_size"] == 32
-    assert metrics["test_accuracy"] >= 0.93, metrics["epochs"]
-    lines = log_lines(result.stdout)
-    assert {line["run_id"] for line in lines} == {metrics["provenance"]["run_id"]}  # one run id across ranks
+    thresholds = json.loads((report / "thresholds.json").read_text())
+    assert thresholds["alignment"]["matched_images"] == 359
+    assert len(thresholds["classes"]) == 10
+    assert thresholds["calibration"]
+
+
+def test_torchrun_two_processes_with_gloo_and_sigterm_resume(digits_archive, train_env, tmp_path):
+    """2 ranks learn; SIGTERM to torchrun stops both at one step, exit 75; the rerun matches exactly."""
+    env = {**train_env, "TRAIN_DATA_URI": str(digits_archive), "TRAIN_BATCH_SIZE": "16", "TRAIN_LOG_EVERY": "5",
+           "TRAIN_AUGMENT": "cutout"}  # digits are not mirror-symmetric: no flips
+    reference = run_train({**env, "TRAIN_OUTPUT_URI": str(tmp_path / "reference")}, torchrun=2, timeout=240)
+    assert reference.returncode == 0, reference.stdout[-3000:] + reference.stderr[-3000:]
+    want = read_metrics(tmp_path / "reference")
+    assert want["world_size"] == 2 and want["global_batch_size"] == 32
+    assert want["test_accuracy"] >= 0.93, want["epochs"]
+    lines = log_lines(reference.stdout)
+    assert {line["run_id"] for line in lines} == {want["provenance"]["run_id"]}  # one run id across ranks
     assert {line["rank"] for line in lines if line["level"] == "info"} == {0}  # only rank 0 logs progress
+
+    out = tmp_path / "interrupted"
+    code, rest, seconds = interrupt_train({**env, "TRAIN_OUTPUT_URI": str(out)}, epoch=2, step=10, torchrun=2)
+    assert code == 75 and seconds < 30, rest[-3000:]
+    stopped = [line for line in log_lines(rest) if line["event"] == "failed"]
+    assert sorted(line["rank"] for line in stopped) == [0, 1]
+    assert len({line["error"] for line in stopped}) == 1  # the same step on both ranks
+    resumed = run_train({**env, "TRAIN_OUTPUT_URI": str(out)}, torchrun=2, timeout=240)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    got = read_metrics(out)
+    assert (got["test_accuracy"], got["test_loss"]) == (want["test_accuracy"], want["test_loss"])
 
 
 def test_sigterm_checkpoints_and_resume_reproduces_the_uninterrupted_run(digits_archive, train_env, tmp_path):
@@ -70,17 +109,8 @@ def test_sigterm_checkpoints_and_resume_reproduces_the_uninterrupted_run(digits_
     assert reference.returncode == 0, reference.stderr[-3000:]
 
     out = tmp_path / "interrupted"
-    proc = subprocess.Popen([sys.executable, "-m", "jobs.train"], env={**base, "TRAIN_OUTPUT_URI": str(out)},
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    for line in proc.stdout:  # wait until training is well into the second epoch
-        event = json.loads(line) if line.startswith("{") else {}
-        if event.get("event") == "train" and event.get("epoch") == 2 and event.get("step") == 15:
-            proc.send_signal(signal.SIGTERM)
-            sent = time.monotonic()
-            break
-    rest, _ = proc.communicate(timeout=60)
-    assert proc.returncode == 75, rest[-3000:]
-    assert time.monotonic() - sent < 30
+    code, rest, seconds = interrupt_train({**base, "TRAIN_OUTPUT_URI": str(out)}, epoch=2, step=15)
+    assert code == 75 and seconds < 30, rest[-3000:]
     checkpoints = sorted(p.name for p in (out / "checkpoints").iterdir())
     assert checkpoints[0] == "e0001-s000000.pt" and checkpoints[-1].startswith("e0001-s0000")
     assert checkpoints[-1] != "e0001-s000000.pt"  # mid-epoch: epoch 2 part done

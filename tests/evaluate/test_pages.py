@@ -1,0 +1,120 @@
+"""Plots and index.html: every reference resolves to a written file, every plot is a valid PNG,
+nothing is fetched from the network, and the report lists what was written."""
+
+import io
+import json
+import re
+
+import pytest
+import structlog
+from PIL import Image
+
+from jobs.evaluate import job
+from jobs.evaluate.settings import EvalSettings
+from tests.evaluate.helpers import make_coco_case, write_case
+from tests.evaluate.synthetic import image_level_overconfident
+
+LOG = structlog.get_logger()
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def settings(monkeypatch, **env) -> EvalSettings:
+    import os
+
+    for key in list(os.environ):
+        if key.startswith("EVAL_"):
+            monkeypatch.delenv(key)
+    for key, value in env.items():
+        monkeypatch.setenv(f"EVAL_{key.upper()}", str(value))
+    return EvalSettings()
+
+
+def references(html: str) -> list[str]:
+    refs = re.findall(r'(?:src|href)="([^"]*)"', html)
+    return [r for r in refs if not r.startswith("#")]
+
+
+def assert_valid_png(data: bytes) -> None:
+    assert data.startswith(PNG_SIGNATURE)
+    Image.open(io.BytesIO(data)).verify()  # checks chunk CRCs and structure
+    width, height = Image.open(io.BytesIO(data)).size
+    assert width > 100 and height > 100
+
+
+def check_page(read, html: str, report: dict) -> None:
+    refs = references(html)
+    assert refs, "the page shows nothing"
+    assert not [r for r in refs if re.match(r"^[a-z]+:", r) or r.startswith("/")], "offline: relative links only"
+    assert "<script" not in html and "http://" not in html and "https://" not in html
+    for ref in refs:
+        data = read(ref)  # raises if missing
+        if ref.endswith(".png"):
+            assert_valid_png(data)
+    pngs = [r for r in refs if r.endswith(".png")]
+    assert sorted(set(pngs)) == report["artifacts"]["plots"]
+
+
+def test_local_page_with_every_feature(tmp_path, monkeypatch):
+    gt, dets = make_coco_case(6, n_images=60)
+    gt_path, det_path = write_case(tmp_path, gt, dets)
+    out = tmp_path / "out"
+    code = job.run(settings(monkeypatch, predictions_uri=det_path, annotations_uri=gt_path, output_uri=out,
+                            calibration="temperature", bootstrap="20", holdout_fraction="0.3", nms_iou="0.7",
+                            baseline_uri="latest"), "page-test", LOG)
+    assert code == 0
+    report = json.loads((out / "thresholds.json").read_text())
+    html = (out / "index.html").read_text()
+    check_page(lambda ref: (out / ref).read_bytes(), html, report)
+    assert report["artifacts"]["index"] == "index.html"
+    written = sorted(str(p.relative_to(out)) for p in out.rglob("*.png"))
+    assert written == report["artifacts"]["plots"]
+    # Each class with ground truth and detections has its three plots; the page names every class.
+    for i, c in enumerate(report["classes"]):
+        assert c["name"] in html
+        kinds = {p.rsplit("-", 1)[1] for p in written if p.startswith(f"plots/{i:03d}-")}
+        if c["n_ground_truth"] and c["n_predictions"]:
+            assert kinds == {"pr.png", "f1.png", "reliability.png"}
+    for section in ("Holdout", "Calibration", "Bootstrap", "Drift", "Reliability, all classes"):
+        assert f"<h2>{section}" in html
+
+
+def test_image_level_page(tmp_path, monkeypatch):
+    pred, gt = image_level_overconfident(tmp_path, temperature=2.0, n_images=200)
+    out = tmp_path / "out"
+    assert job.run(settings(monkeypatch, predictions_uri=pred, annotations_uri=gt, output_uri=out,
+                            calibration="temperature"), "image-level", LOG) == 0
+    report = json.loads((out / "thresholds.json").read_text())
+    check_page(lambda ref: (out / ref).read_bytes(), (out / "index.html").read_text(), report)
+
+
+def test_plots_off_writes_the_report_only(tmp_path, monkeypatch):
+    gt, dets = make_coco_case(7, n_images=10)
+    gt_path, det_path = write_case(tmp_path, gt, dets)
+    out = tmp_path / "out"
+    assert job.run(settings(monkeypatch, predictions_uri=det_path, annotations_uri=gt_path, output_uri=out,
+                            plots="false"), "no-plots", LOG) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["thresholds.json"]
+    assert json.loads((out / "thresholds.json").read_text())["artifacts"] is None
+
+
+def test_s3_page_in_the_run_prefix(s3, tmp_path, monkeypatch):
+    gt, dets = make_coco_case(8, n_images=30)
+    gt_uri = s3.put("in/gt.json", json.dumps(gt).encode())
+    det_uri = s3.put("in/det.json", json.dumps(dets).encode())
+    assert job.run(settings(monkeypatch, predictions_uri=det_uri, annotations_uri=gt_uri, output_uri=s3.uri("r"),
+                            output_layout="runs", calibration="temperature"), "run-7", LOG) == 0
+    prefix = "r/runs/run-7/"
+    report = json.loads(s3.get(prefix + "thresholds.json"))
+    check_page(lambda ref: s3.get(prefix + ref), s3.get(prefix + "index.html").decode(), report)
+    pointer = json.loads(s3.get("r/latest.json"))
+    assert pointer["index"] == "runs/run-7/index.html"
+    head = s3.client.head_object(Bucket=s3.bucket, Key=prefix + "index.html")
+    assert head["ContentType"].startswith("text/html")
+
+
+@pytest.mark.parametrize("name", ["a/b", "<script>", "x" * 100, ""])
+def test_plot_names_are_safe(name):
+    from jobs.evaluate.plots import plot_name
+
+    path = plot_name(3, name, "pr")
+    assert re.fullmatch(r"plots/003-[A-Za-z0-9_-]+-pr\.png", path) and len(path) < 70

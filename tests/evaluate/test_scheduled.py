@@ -1,0 +1,113 @@
+"""Scheduled runs on real S3 (moto and SeaweedFS): per-run prefixes, the `latest` pointer, drift
+against the previous run, and two runs of one slot."""
+
+import json
+
+import pytest
+import structlog
+
+from common.errors import ConfigError
+from common.exitcodes import ExitCode
+from jobs.evaluate import job
+from jobs.evaluate.publish import destination, update_pointer
+from jobs.evaluate.settings import EvalSettings
+from tests.evaluate.synthetic import separable_case
+
+LOG = structlog.get_logger()
+
+
+def settings(monkeypatch, **env) -> EvalSettings:
+    import os
+
+    for key in list(os.environ):
+        if key.startswith("EVAL_"):
+            monkeypatch.delenv(key)
+    for key, value in env.items():
+        monkeypatch.setenv(f"EVAL_{key.upper()}", str(value))
+    return EvalSettings()
+
+
+@pytest.fixture
+def inputs(s3):
+    gt, dets = separable_case()
+    _, shifted = separable_case(shift=lambda s: s / 2)
+    return {"gt": s3.put("in/annotations.json", json.dumps(gt).encode()),
+            "pred": s3.put("in/predictions.json", json.dumps(dets).encode()),
+            "shifted": s3.put("in/shifted.json", json.dumps(shifted).encode())}
+
+
+def nightly(monkeypatch, s3, inputs, predictions="pred", **extra):
+    return settings(monkeypatch, predictions_uri=inputs[predictions], annotations_uri=inputs["gt"],
+                    output_uri=s3.uri("reports/nightly"), output_layout="runs", baseline_uri="latest",
+                    plots="false", **extra)
+
+
+def test_each_run_compares_with_the_previous_one(s3, inputs, monkeypatch):
+    assert job.run(nightly(monkeypatch, s3, inputs), "evaluate-nightly-1000", LOG) == ExitCode.OK
+    first = json.loads(s3.get("reports/nightly/runs/evaluate-nightly-1000/thresholds.json"))
+    assert first["drift"]["baseline"] is None and first["drift"]["changed"] == []  # nothing to compare yet
+    pointer = json.loads(s3.get("reports/nightly/latest.json"))
+    assert pointer["run_id"] == "evaluate-nightly-1000"
+    assert pointer["report"] == "runs/evaluate-nightly-1000/thresholds.json"
+
+    assert job.run(nightly(monkeypatch, s3, inputs), "evaluate-nightly-1001", LOG) == ExitCode.OK
+    second = json.loads(s3.get("reports/nightly/runs/evaluate-nightly-1001/thresholds.json"))
+    assert second["drift"]["baseline"] == s3.uri("reports/nightly/runs/evaluate-nightly-1000/thresholds.json")
+    assert second["drift"]["baseline_run_id"] == "evaluate-nightly-1000" and second["drift"]["changed"] == []
+    assert json.loads(s3.get("reports/nightly/latest.json"))["run_id"] == "evaluate-nightly-1001"
+
+    code = job.run(nightly(monkeypatch, s3, inputs, predictions="shifted"), "evaluate-nightly-1002", LOG)
+    assert code == ExitCode.DRIFT_DETECTED
+    third = json.loads(s3.get("reports/nightly/runs/evaluate-nightly-1002/thresholds.json"))
+    assert {c["class"] for c in third["drift"]["changed"]} == {"k0", "k1", "k2"}
+    pointer = json.loads(s3.get("reports/nightly/latest.json"))  # the pointer names the previous run, drifted or not
+    assert pointer["run_id"] == "evaluate-nightly-1002" and pointer["drifted"] is True
+    assert s3.keys("reports/nightly/") == [
+        "reports/nightly/latest.json",
+        *[f"reports/nightly/runs/evaluate-nightly-{n}/thresholds.json" for n in (1000, 1001, 1002)],
+    ]
+
+
+def test_a_slot_is_evaluated_once(s3, inputs, monkeypatch):
+    assert job.run(nightly(monkeypatch, s3, inputs), "slot-1", LOG) == ExitCode.OK
+    report = s3.get("reports/nightly/runs/slot-1/thresholds.json")
+    pointer = s3.get("reports/nightly/latest.json")
+    # A retry of the same slot, even with other inputs, finds the report and keeps it.
+    assert job.run(nightly(monkeypatch, s3, inputs, predictions="shifted"), "slot-1", LOG) == ExitCode.OK
+    assert s3.get("reports/nightly/runs/slot-1/thresholds.json") == report
+    assert s3.get("reports/nightly/latest.json") == pointer
+
+
+def test_concurrent_runs_of_a_slot_keep_the_first_report(s3, inputs, monkeypatch):
+    """Another attempt commits the slot while this one evaluates: its report stays, whole."""
+    real_evaluate = job.evaluate
+    theirs = {}
+
+    def evaluate_while_another_commits(settings_, run_id, log):
+        report, evidence = real_evaluate(settings_, run_id, log)
+        theirs["body"] = report.model_copy(update={"summary": report.summary.model_copy(
+            update={"macro_f1": 0.123})}).model_dump_json().encode()
+        s3.put(f"reports/nightly/runs/{run_id}/thresholds.json", theirs["body"])
+        return report, evidence
+
+    monkeypatch.setattr(job, "evaluate", evaluate_while_another_commits)
+    assert job.run(nightly(monkeypatch, s3, inputs), "slot-2", LOG) == ExitCode.OK
+    assert s3.get("reports/nightly/runs/slot-2/thresholds.json") == theirs["body"]
+    assert json.loads(s3.get("reports/nightly/latest.json"))["run_id"] == "slot-2"
+
+
+def test_pointer_never_moves_back(tmp_path):
+    dest_new = destination(str(tmp_path), "runs", "b")
+    dest_old = destination(str(tmp_path), "runs", "a")
+    report = {"run": {"id": "b", "finished_at": "2026-01-02T00:00:00.000+00:00"}}
+    assert update_pointer(dest_new, report, LOG)
+    old = {"run": {"id": "a", "finished_at": "2026-01-01T00:00:00.000+00:00"}}
+    assert not update_pointer(dest_old, old, LOG)  # a late retry of an older slot
+    assert json.loads((tmp_path / "latest.json").read_text())["run_id"] == "b"
+
+
+@pytest.mark.parametrize("run_id", ["../escape", "a/b", "", ".hidden"])
+def test_run_ids_that_cannot_name_a_folder_are_refused(run_id, tmp_path):
+    with pytest.raises(ConfigError):
+        destination(str(tmp_path), "runs", run_id)
+    destination(str(tmp_path), "flat", run_id)  # the flat layout does not use it

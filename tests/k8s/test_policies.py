@@ -1,0 +1,147 @@
+"""Policies every workload keeps, checked on the rendered overlays, container by container.
+
+The restricted Pod Security Standard plus what issue 7 asks of batch pods: read-only root with an
+emptyDir for /tmp, requests and limits, FallbackToLogsOnError, restartPolicy Never, a
+podFailurePolicy that ignores disruptions and fails at once on configuration/input errors,
+deadlines and TTLs, GPU scheduling, and no secret value written into a manifest.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from common.exitcodes import ExitCode
+from tests.k8s.manifests import OVERLAYS, containers, job_specs, name_of, pod_specs, render
+
+SECRET_NAME = re.compile(r"SECRET|PASSWORD|TOKEN|ACCESS_KEY|CREDENTIAL", re.I)
+# torchrun kills its workers 30 s after forwarding SIGTERM; the pod must outlive that.
+TORCHRUN_STOP_TIMEOUT_S = 30
+
+
+def workloads():
+    for overlay in OVERLAYS:
+        for doc in render(overlay):
+            for where, pod in pod_specs(doc):
+                yield pytest.param(doc, pod, id=f"{overlay}:{where}")
+
+
+def batch_jobs():
+    for overlay in OVERLAYS:
+        for doc in render(overlay):
+            for where, spec in job_specs(doc):
+                yield pytest.param(doc, spec, id=f"{overlay}:{where}")
+
+
+@pytest.mark.parametrize(("doc", "pod"), list(workloads()))
+def test_pod_is_restricted(doc, pod):
+    sc = pod.get("securityContext", {})
+    assert sc.get("runAsNonRoot") is True
+    assert sc.get("runAsUser", 0) > 0 and sc.get("runAsGroup", 0) > 0
+    assert sc.get("seccompProfile", {}).get("type") == "RuntimeDefault"
+    assert pod.get("automountServiceAccountToken") is False
+    assert not pod.get("hostNetwork") and not pod.get("hostPID") and not pod.get("hostIPC")
+    volumes = {v["name"]: v for v in pod.get("volumes", [])}
+    assert all("hostPath" not in v for v in volumes.values())
+    for c in containers(pod):
+        where = f"{name_of(doc)} container {c['name']}"
+        csc = c.get("securityContext", {})
+        assert csc.get("allowPrivilegeEscalation") is False, where
+        assert csc.get("capabilities", {}).get("drop") == ["ALL"], where
+        assert not csc.get("capabilities", {}).get("add"), where
+        assert csc.get("privileged") in (None, False), where
+        assert csc.get("readOnlyRootFilesystem") is True, where
+        assert csc.get("runAsUser", 1) != 0, where
+        assert c.get("terminationMessagePolicy") == "FallbackToLogsOnError", where
+        image = c["image"]
+        assert re.search(r"(:[\w.-]+|@sha256:[0-9a-f]{64})$", image.split("/")[-1]) and not image.endswith(":latest"), \
+            f"{where}: pin the image ({image})"
+        res = c.get("resources", {})
+        assert {"cpu", "memory"} <= set(res.get("requests", {})), f"{where}: requests"
+        assert "memory" in res.get("limits", {}), f"{where}: memory limit"
+        mounts = {m["mountPath"]: m["name"] for m in c.get("volumeMounts", [])}
+        if c["name"] != "seed-demo-data":  # the seeding init container writes nothing
+            assert "emptyDir" in volumes[mounts["/tmp"]], f"{where}: /tmp must be an emptyDir"
+
+
+@pytest.mark.parametrize(("doc", "pod"), list(workloads()))
+def test_no_literal_secret_values(doc, pod):
+    for c in containers(pod):
+        for env in c.get("env", []):
+            if SECRET_NAME.search(env["name"]):
+                assert "valueFrom" in env, f"{name_of(doc)}: {env['name']} must come from a Secret"
+                ref = env["valueFrom"].get("secretKeyRef")
+                assert ref and ref["name"] == "s3-credentials", f"{env['name']} by reference only"
+            # A value may reference variables ($(AWS_...)) but never carry a credential itself.
+            assert not re.search(r"://[^/$]+:[^/$]+@", env.get("value", "")), env["name"]
+
+
+def test_rendered_secrets_hold_placeholders_only():
+    for overlay in OVERLAYS:
+        for doc in render(overlay):
+            if doc["kind"] == "Secret":
+                assert "data" not in doc, "base64 data hides what is in it; use placeholders in stringData"
+                for key, value in doc.get("stringData", {}).items():
+                    assert value.startswith("REPLACE_ME"), f"{overlay}: {name_of(doc)} {key}"
+
+
+@pytest.mark.parametrize(("doc", "spec"), list(batch_jobs()))
+def test_job_failure_and_lifetime_policy(doc, spec):
+    pod = spec["template"]["spec"]
+    assert pod["restartPolicy"] == "Never"
+    assert isinstance(spec.get("backoffLimit"), int)
+    assert spec.get("activeDeadlineSeconds", 0) > 0
+    ttl = doc["spec"].get("ttlSecondsAfterFinished") if doc["kind"] == "JobSet" else spec.get("ttlSecondsAfterFinished")
+    assert ttl and ttl > 0
+    rules = spec["podFailurePolicy"]["rules"]
+    ignored = [r for r in rules if r["action"] == "Ignore" and r.get("onPodConditions")]
+    assert any(c["type"] == "DisruptionTarget" and c["status"] == "True"
+               for r in ignored for c in r["onPodConditions"]), "disruptions must not burn retries"
+    assert rules[0] in ignored, "the disruption rule comes first: a disrupted pod never fails the Job"
+
+
+@pytest.mark.parametrize(("doc", "spec"), list(batch_jobs()))
+def test_pod_failure_policy_exit_codes_match_the_enum(doc, spec):
+    names = {c["name"] for c in spec["template"]["spec"]["containers"]}
+    by_action: dict[str, set[int]] = {}
+    for rule in spec["podFailurePolicy"]["rules"]:
+        codes = rule.get("onExitCodes")
+        if not codes:
+            continue
+        assert codes["operator"] == "In"
+        assert codes.get("containerName") in names
+        values = set(codes["values"])
+        assert values <= {int(c) for c in ExitCode}, f"unknown exit codes {values - set(map(int, ExitCode))}"
+        by_action.setdefault(rule["action"], set()).update(values)
+    # Retrying cannot fix a bad setting or bad input: fail the Job at once.
+    assert {ExitCode.CONFIG, ExitCode.INPUT_DATA} <= by_action.get("FailJob", set())
+    # A retry can fix these: they must stay countable retries, never FailJob or Ignore.
+    for code in (ExitCode.FAILURE, ExitCode.STORAGE):
+        assert all(code not in v for v in by_action.values()), code.name
+    # Only a clean preemption (checkpoint written) is a free rerun.
+    assert by_action.get("Ignore", set()) <= {ExitCode.PREEMPTED}
+
+
+@pytest.mark.parametrize(("doc", "pod"), list(workloads()))
+def test_gpu_pods_are_scheduled_and_stopped_properly(doc, pod):
+    gpus = [c for c in pod["containers"] if "nvidia.com/gpu" in c.get("resources", {}).get("limits", {})]
+    if not gpus:
+        return
+    assert any(t["key"] == "nvidia.com/gpu" and t["effect"] == "NoSchedule" for t in pod["tolerations"])
+    assert pod.get("nodeSelector")
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    for c in gpus:
+        mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+        assert volumes[mounts["/dev/shm"]]["emptyDir"]["medium"] == "Memory"
+        assert c["command"][:3] == ["dumb-init", "--", "torchrun"]
+    assert pod["terminationGracePeriodSeconds"] >= 2 * TORCHRUN_STOP_TIMEOUT_S
+
+
+@pytest.mark.parametrize(("doc", "pod"), list(workloads()))
+def test_training_caches_are_writable(doc, pod):
+    for c in pod["containers"]:
+        if "torchrun" not in c.get("command", []):
+            continue
+        mounts = {m["mountPath"] for m in c["volumeMounts"]}
+        assert {"/tmp", "/var/cache/ml-train", "/dev/shm"} <= mounts
