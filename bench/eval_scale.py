@@ -426,10 +426,10 @@ def coco_thresholds(ref: dict, repeats: int, with_hotcoco: bool) -> None:
           f"peak RSS {max(m['rss'] for m in multis):.0f} MiB")
     report = multis[-1]["report"]
     print(f"   summary: mAP@0.5 {report['summary']['mean_average_precision']:.4f}, "
-          f"mAP@[.5:.95] {report['summary'].get('mean_average_precision_50_95')}")
+          f"mAP@[.5:.95] {report['summary'].get('mean_average_precision_iou_mean'):.4f}")
     if with_hotcoco:
         hc = run_peer("hotcoco", ref["gt"], ref["det"], thresholds=COCO_THRESHOLDS)
-        ours = {str(c["class_id"]): c.get("average_precision_50_95") for c in report["classes"]}
+        ours = {str(c["class_id"]): c.get("average_precision_iou_mean") for c in report["classes"]}
         diff = max(abs(ours[k] - np.mean(v)) for k, v in hc["ap"].items() if v and ours.get(k) is not None)
         print(f"   hotcoco ten thresholds {hc['wall']:.2f} s process; max |AP@[.5:.95](job) - hotcoco| {diff:.2e}")
 

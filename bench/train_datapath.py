@@ -12,6 +12,11 @@ number of steps, in this process, with the same torch thread count; only the dat
 - job: the whole split decoded once into a uint8 tensor, indexed per batch, augmented with tensor
   ops (`jobs.train.augment.augment_batch`).
 
+Two figures per path: images per wall-clock second, and images per CPU-second (this process's
+threads plus the DataLoader workers), the throughput of a saturated machine. On a 2-core machine
+shared with other work the wall-clock figure swings 2x between repeats; the CPU figure does not,
+and it is what bounds a training pod that has its CPUs to itself.
+
 Two augmentation settings: none (the baseline preset) and crop+flip. The archive defaults to
 the packed JPEG copy of CIFAR-10 (`python -m jobs.train.pack_images ../shared/data/cifar10-jpeg.zip
 .bench/cifar-10-python.tar.gz`); it is packed on first use when missing. Prints images/s per path
@@ -21,6 +26,7 @@ and the ratio job / best textbook (target >= 1.4).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -60,48 +66,77 @@ class PILCifar(torch.utils.data.Dataset):
         return self.transform(Image.fromarray(self.images[i])), int(self.labels[i])
 
 
-def train_steps(model, optimizer, batches, *, steps: int) -> float:
-    """Images per second over `steps` steps after 10 warm-up steps."""
+def cpu_seconds(pids: list[int]) -> float:
+    """User+system CPU time of this process (all threads) plus the given child processes."""
+    total = time.process_time()
+    tick = os.sysconf("SC_CLK_TCK")
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+        except (OSError, IndexError, ValueError):
+            pass
+    return total
+
+
+def train_steps(model, optimizer, batches, *, steps: int, worker_pids) -> tuple[float, float]:
+    """(images per wall-clock second, images per CPU second) over `steps` steps after 10 warm-up steps."""
     model.train()
     it = iter(batches)
     for step in range(steps + 10):
         if step == 10:
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), cpu_seconds(worker_pids())
         x, y = next(it)
         loss = F.cross_entropy(model(x), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-    return steps * BATCH / (time.perf_counter() - start)
+    images = steps * BATCH
+    return images / (time.perf_counter() - start), images / (cpu_seconds(worker_pids()) - start_cpu)
 
 
 def textbook_batches(images_hwc, labels, *, augment: bool, workers: int):
+    """(batches, worker pids) of the textbook DataLoader path."""
     from torchvision import transforms
 
     ops = [transforms.RandomCrop(32, padding=4, padding_mode="reflect"), transforms.RandomHorizontalFlip()] if augment else []
     transform = transforms.Compose([*ops, transforms.ToTensor(), transforms.Normalize(CIFAR_MEAN, CIFAR_STD)])
     loader = torch.utils.data.DataLoader(PILCifar(images_hwc, labels, transform), batch_size=BATCH, shuffle=True,
                                          num_workers=workers, drop_last=True, persistent_workers=workers > 0)
-    while True:
-        yield from loader
+    holder = {}
+
+    def batches():
+        while True:
+            holder["it"] = iter(loader)
+            yield from holder["it"]
+
+    def pids() -> list[int]:
+        it = holder.get("it")
+        return [w.pid for w in getattr(it, "_workers", [])] if it is not None else []
+
+    return batches(), pids
 
 
 def job_batches(images, labels, *, augment: bool):
-    epoch = 0
-    while True:
-        order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(epoch))
-        for step in range(len(labels) // BATCH):
-            idx = order[step * BATCH:(step + 1) * BATCH]
-            x, targets = augment_batch(images[idx], labels[idx], augment=["crop", "flip"] if augment else [],
-                                       num_classes=10, crop_padding=4, cutout_size=8, mixup_alpha=0.2, seed=step)
-            yield x, labels[idx]
-        epoch += 1
+    def batches():
+        epoch = 0
+        while True:
+            order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(epoch))
+            for step in range(len(labels) // BATCH):
+                idx = order[step * BATCH:(step + 1) * BATCH]
+                x, _ = augment_batch(images[idx], labels[idx], augment=["crop", "flip"] if augment else [],
+                                     num_classes=10, crop_padding=4, cutout_size=8, mixup_alpha=0.2, seed=step)
+                yield x, labels[idx]
+            epoch += 1
+
+    return batches(), list
 
 
-def measure(make_batches, *, steps: int) -> float:
+def measure(make_batches, *, steps: int) -> tuple[float, float]:
     torch.manual_seed(0)
     model = SimpleCNN(10)
-    return train_steps(model, torch.optim.Adam(model.parameters(), lr=1e-3), make_batches(), steps=steps)
+    batches, worker_pids = make_batches()
+    return train_steps(model, torch.optim.Adam(model.parameters(), lr=1e-3), batches, steps=steps, worker_pids=worker_pids)
 
 
 def main() -> int:
@@ -133,17 +168,24 @@ def main() -> int:
             "textbook workers=0": lambda: textbook_batches(images_hwc, labels_np, augment=augment, workers=0),
             "textbook workers=2": lambda: textbook_batches(images_hwc, labels_np, augment=augment, workers=2),
         }
-        rates = {path: [] for path in paths}
+        wall = {path: [] for path in paths}
+        cpu = {path: [] for path in paths}
         for _ in range(args.repeats):
             for path, make in paths.items():
-                rates[path].append(measure(make, steps=args.steps))
-        best = {path: max(r) for path, r in rates.items()}
-        textbook = max(v for k, v in best.items() if k.startswith("textbook"))
-        ratios[name] = best["job"] / textbook
-        print(f"augment={name}: " + " | ".join(
-            f"{path} best {best[path]:.0f} img/s (all: {', '.join(f'{r:.0f}' for r in rates[path])})" for path in paths))
-        print(f"augment={name}: ratio job / best textbook {ratios[name]:.2f}x; "
-              f"job / textbook workers=0 (DataLoader default) {best['job'] / best['textbook workers=0']:.2f}x")
+                w, c = measure(make, steps=args.steps)
+                wall[path].append(w)
+                cpu[path].append(c)
+        for path in paths:
+            print(f"augment={name:9s} {path:18s} wall: best {max(wall[path]):6.0f} img/s "
+                  f"(runs {', '.join(f'{r:.0f}' for r in wall[path])}) | per CPU-second: best {max(cpu[path]):6.0f} img/s "
+                  f"(runs {', '.join(f'{r:.0f}' for r in cpu[path])})")
+        for label, rates in (("wall", wall), ("CPU", cpu)):
+            best = {path: max(r) for path, r in rates.items()}
+            ratio = best["job"] / max(best["textbook workers=0"], best["textbook workers=2"])
+            ratios[f"{name} ({label})"] = ratio
+            print(f"augment={name:9s} {label:4s} ratio job / best textbook {ratio:.2f}x, "
+                  f"job / workers=0 {best['job'] / best['textbook workers=0']:.2f}x, "
+                  f"job / workers=2 {best['job'] / best['textbook workers=2']:.2f}x")
     print("ratios: " + ", ".join(f"{k} {v:.2f}x" for k, v in ratios.items()) + " (target >= 1.4x)")
     return 0
 

@@ -21,6 +21,8 @@ def configure_logging(*, job: str, run_id: str, level: str = "info", **context) 
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
+            # Unexpected errors keep their traceback, as structured data in JSON logs.
+            *([] if isinstance(renderer, structlog.dev.ConsoleRenderer) else [structlog.processors.dict_tracebacks]),
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper(), logging.INFO)),

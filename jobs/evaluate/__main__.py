@@ -3,16 +3,24 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from pathlib import Path
 
 from common.cli import make_parser, run_job
+from common.errors import Preempted
 from jobs.evaluate import __doc__ as RUNBOOK
 from jobs.evaluate.job import run
 from jobs.evaluate.settings import EvalSettings
 
 SAMPLE = Path(__file__).resolve().parent / "sample"
 DEMO_OUTPUT = "eval-demo"
+
+
+def _stop_on_sigterm(signum, frame):
+    # Kubernetes sends SIGTERM on preemption. Outputs are written whole or not at all, so
+    # stopping anywhere is safe; exit PREEMPTED so the Job's podFailurePolicy does not count it.
+    raise Preempted("stopped by SIGTERM before the report was complete; nothing was written, rerun to evaluate")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault("EVAL_PREDICTIONS_URI", str(SAMPLE / "predictions.csv"))
         os.environ.setdefault("EVAL_ANNOTATIONS_URI", str(SAMPLE / "annotations.json"))
         os.environ.setdefault("EVAL_OUTPUT_URI", str(Path.cwd() / DEMO_OUTPUT))
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
     return run_job(job="evaluate", settings_cls=EvalSettings, work=run,
                    log_level=os.environ.get("EVAL_LOG_LEVEL", "info"))
 

@@ -134,6 +134,16 @@ def _describe_validation(exc: msgspec.ValidationError) -> str:
 # -- COCO ------------------------------------------------------------------------------------------
 
 
+def _int_codes(ints: np.ndarray) -> tuple[np.ndarray, list]:
+    """`_codes` of int64 ids: codes and the sorted unique ids (as Python ints)."""
+    low, high = (int(ints.min()), int(ints.max())) if ints.size else (0, 0)
+    if 0 <= low and high < 4 * ints.size + 1024:  # ids in a compact range: count, don't sort
+        present = np.bincount(ints) > 0
+        return (np.cumsum(present) - 1)[ints], np.flatnonzero(present).tolist()
+    uniques, codes = np.unique(ints, return_inverse=True)
+    return codes.reshape(-1).astype(np.int64, copy=False), uniques.tolist()
+
+
 @contextmanager
 def _gc_paused():
     """Pause the cyclic GC while a decode builds a Python object per JSON value.
@@ -154,16 +164,9 @@ def _codes(values: list) -> tuple[np.ndarray, list]:
     """Integer codes into the unique values, keeping ints and strings apart (id 1 != name '1')."""
     if values and set(map(type, values)) == {int}:  # the common case: all COCO ids are ints
         try:
-            ints = np.array(values, dtype=np.int64)
+            return _int_codes(np.array(values, dtype=np.int64))
         except OverflowError:
             pass
-        else:
-            low, high = (int(ints.min()), int(ints.max())) if ints.size else (0, 0)
-            if 0 <= low and high < 4 * ints.size + 1024:  # ids in a compact range: count, don't sort
-                present = np.bincount(ints) > 0
-                return (np.cumsum(present) - 1)[ints], np.flatnonzero(present).tolist()
-            uniques, codes = np.unique(ints, return_inverse=True)
-            return codes.reshape(-1).astype(np.int64, copy=False), uniques.tolist()
     keyed = [(type(v) is str, v) for v in values]
     uniques = sorted(set(keyed))
     index = {u: i for i, u in enumerate(uniques)}
@@ -229,15 +232,19 @@ def read_coco_ground_truth(blob: Blob) -> Table:
         bboxes = list(map(attrgetter("bbox"), anns))
         if None in bboxes:
             raise InputDataError(f"{blob.uri}: annotations[{bboxes.index(None)}] has no bbox")
-        return Table(
-            uri=blob.uri, format="coco", version=blob.version,
-            image_codes=image_codes, image_refs=image_refs,
-            category_codes=category_codes, category_refs=category_refs,
-            boxes=_boxes(bboxes, blob.uri, "annotations") if anns else np.zeros((0, 4)),
-            polygons=_polygons(list(map(attrgetter("segmentation"), anns)), blob.uri, "annotations"),
-            iscrowd=np.fromiter(map(bool, map(attrgetter("iscrowd"), anns)), dtype=bool, count=len(anns)),
-            coco_images=gt.images, coco_categories=gt.categories, is_coco=True,
-        )
+        boxes = _boxes(bboxes, blob.uri, "annotations") if anns else np.zeros((0, 4))
+        polygons = _polygons(list(map(attrgetter("segmentation"), anns)), blob.uri, "annotations")
+        iscrowd = np.fromiter(map(bool, map(attrgetter("iscrowd"), anns)), dtype=bool, count=len(anns))
+        images, categories = gt.images, gt.categories
+        # Free the decoded objects while the GC is paused: re-enabled, it would scan them all once.
+        del gt, anns, bboxes
+    return Table(
+        uri=blob.uri, format="coco", version=blob.version,
+        image_codes=image_codes, image_refs=image_refs,
+        category_codes=category_codes, category_refs=category_refs,
+        boxes=boxes, polygons=polygons, iscrowd=iscrowd,
+        coco_images=images, coco_categories=categories, is_coco=True,
+    )
 
 
 def read_coco_results(blob: Blob) -> Table:
@@ -256,14 +263,16 @@ def read_coco_results(blob: Blob) -> Table:
                 raise InputDataError(f"{blob.uri}: [{bboxes.index(None)}] has no bbox while other results do")
             boxes = _boxes(bboxes, blob.uri, "")
         del bboxes
-        return Table(
-            uri=blob.uri, format="coco", version=blob.version,
-            image_codes=image_codes, image_refs=image_refs,
-            category_codes=category_codes, category_refs=category_refs,
-            score=score, boxes=boxes,
-            polygons=_polygons(list(map(attrgetter("segmentation"), results)), blob.uri, ""),
-            iscrowd=np.zeros(n, dtype=bool), is_coco=True,
-        )
+        polygons = _polygons(list(map(attrgetter("segmentation"), results)), blob.uri, "")
+        # Free the decoded objects while the GC is paused: re-enabled, it would scan them all once.
+        del results
+    return Table(
+        uri=blob.uri, format="coco", version=blob.version,
+        image_codes=image_codes, image_refs=image_refs,
+        category_codes=category_codes, category_refs=category_refs,
+        score=score, boxes=boxes, polygons=polygons,
+        iscrowd=np.zeros(n, dtype=bool), is_coco=True,
+    )
 
 
 def _check_scores(score: np.ndarray, uri: str, locate) -> None:

@@ -140,6 +140,8 @@ def train(settings: TrainSettings, run_id: str, log) -> int:
 
 def build_network(*, settings: TrainSettings, num_classes: int, env: DistEnv, log) -> tuple[nn.Module, nn.Module]:
     """(the model itself, what the loop calls: DDP-wrapped and/or compiled). Same weights on every rank."""
+    if env.device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN time and keep the fastest kernels
     torch.manual_seed(settings.seed)
     raw = build_model(name=settings.model, num_classes=num_classes)
     if settings.pretrained_uri:

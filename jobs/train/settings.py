@@ -70,7 +70,7 @@ class TrainSettings(BaseSettings):
     optimizer: Literal["adam", "sgd"] = Field("adam", description="'adam' or 'sgd' (Nesterov momentum).")
     lr: float = Field(1e-3, gt=0, description="Peak learning rate.")
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum (Nesterov).")
-    weight_decay: float = Field(0.0, ge=0, description="L2 weight decay (decoupled from nothing: the optimizer's own).")
+    weight_decay: float = Field(0.0, ge=0, description="Weight decay: the optimizer's own L2 term (Adam: coupled, not AdamW).")
     schedule: Literal["none", "cosine", "onecycle"] = Field(
         "none", description="Learning-rate schedule per step: 'none', 'cosine' (to 0) or 'onecycle' (linear up, linear down to 0)."
     )

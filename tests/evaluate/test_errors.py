@@ -140,3 +140,26 @@ def test_help_lists_every_variable(job_env):
     for name, field in EvalSettings.model_fields.items():
         assert f"EVAL_{name.upper()}" in proc.stdout
     assert "[default: 0.5]" in proc.stdout
+
+
+def test_sigterm_exits_preempted_and_writes_nothing(job_env, tmp_path):
+    import signal
+    import time
+
+    from tests.evaluate.helpers import make_coco_case, write_case
+
+    gt, dets = make_coco_case(5, n_images=3000)
+    gt_path, det_path = write_case(tmp_path, gt, dets)
+    env = {**job_env, "EVAL_ANNOTATIONS_URI": str(gt_path), "EVAL_PREDICTIONS_URI": str(det_path),
+           "EVAL_OUTPUT_URI": str(tmp_path / "out"), "EVAL_BOOTSTRAP": "100000"}
+    proc = subprocess.Popen([sys.executable, "-m", "jobs.evaluate"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    for line in proc.stdout:  # wait until it is working, then preempt it
+        if '"matched"' in line or time.monotonic() > deadline:
+            break
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == ExitCode.PREEMPTED, out + err
+    assert "Traceback" not in out + err and "SIGTERM" in out
+    assert not (tmp_path / "out" / "thresholds.json").exists()

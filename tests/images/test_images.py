@@ -129,6 +129,34 @@ def test_eval_image_help_lists_the_settings(eval_image):
     assert "EVAL_PREDICTIONS_URI" in out.stdout and "EVAL_OUTPUT_URI" in out.stdout
 
 
+def test_eval_image_stops_promptly_on_sigterm(eval_image):
+    """PID 1 is dumb-init, which forwards SIGTERM: `docker stop` / pod deletion ends a running job in
+    well under the grace period (a bare Python PID 1 without a handler would ignore it until SIGKILL)."""
+    entrypoint = json.loads(run(["podman", "image", "inspect", "--format", "{{json .Config.Entrypoint}}", eval_image],
+                                timeout=60).stdout)
+    assert entrypoint[:2] == ["dumb-init", "--"]
+    name = f"sigterm-{uuid.uuid4().hex[:8]}"
+    run([*PODMAN_RUN[:4], "-d", "--name", name, *PODMAN_RUN[5:], "--entrypoint", "dumb-init", eval_image,
+         "--", "python", "-c", "import time; print('up', flush=True); time.sleep(300)"], timeout=60)
+    try:
+        deadline = time.monotonic() + 30
+        while "up" not in run(["podman", "logs", name], timeout=30, check=False).stdout:
+            assert time.monotonic() < deadline, "container did not start"
+            time.sleep(0.2)
+        stop = run(["podman", "stop", "--time", "30", name], timeout=60)
+        report_time("eval container stop on SIGTERM", stop.seconds)  # type: ignore[attr-defined]
+        assert stop.seconds < 10  # type: ignore[attr-defined]
+    finally:
+        subprocess.run(["podman", "rm", "-f", name], capture_output=True, timeout=60)
+
+
+def test_eval_image_ships_the_sample_and_runs_the_demo(eval_image):
+    """`--demo` on the sample inside the image (the local overlay's seeding reads the same files)."""
+    out = run([*PODMAN_RUN, eval_image, "--demo"], timeout=120, check=False)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "report written" in out.stdout
+
+
 def test_eval_container_against_s3(eval_image, s3):
     server, client, bucket = s3
     for name in ("predictions.csv", "annotations.json"):
