@@ -63,8 +63,12 @@ def make_polygons(parts_per_row: list, boxes: np.ndarray | None):
     return geoms
 
 
-def polygon_iou_pairs(det_geoms, gt_geoms, crowd: np.ndarray) -> np.ndarray:
-    """Exact IoU of row-aligned shapely geometry pairs (crowd: intersection / detection area)."""
+def polygon_iou_pairs(det_geoms, gt_geoms, crowd: np.ndarray, *, min_iou: float = 0.0) -> np.ndarray:
+    """Exact IoU of row-aligned shapely geometry pairs (crowd: intersection / detection area).
+
+    With `min_iou`, a pair whose IoU provably stays below it (from the areas and the overlap of
+    the bounding boxes) is reported as 0 without intersecting the shapes.
+    """
     import shapely
 
     iou = np.zeros(len(det_geoms))
@@ -72,10 +76,17 @@ def polygon_iou_pairs(det_geoms, gt_geoms, crowd: np.ndarray) -> np.ndarray:
         return iou
     # Only pairs whose bounding boxes overlap can intersect; skip the rest cheaply.
     db, gb = shapely.bounds(det_geoms), shapely.bounds(gt_geoms)
-    near = (np.minimum(db[:, 2], gb[:, 2]) > np.maximum(db[:, 0], gb[:, 0])) & (
-        np.minimum(db[:, 3], gb[:, 3]) > np.maximum(db[:, 1], gb[:, 1])
+    overlap = np.maximum(np.minimum(db[:, 2], gb[:, 2]) - np.maximum(db[:, 0], gb[:, 0]), 0.0) * np.maximum(
+        np.minimum(db[:, 3], gb[:, 3]) - np.maximum(db[:, 1], gb[:, 1]), 0.0
     )
-    idx = np.flatnonzero(near)
+    idx = np.flatnonzero(overlap > 0)
+    det_area, gt_area = shapely.area(det_geoms[idx]), shapely.area(gt_geoms[idx])
+    if min_iou > 0:  # the intersection is at most the smaller area and the boxes' overlap
+        most = np.minimum(np.minimum(det_area, gt_area), overlap[idx])
+        with np.errstate(divide="ignore", invalid="ignore"):
+            bound = most / np.where(crowd[idx], det_area, det_area + gt_area - most)
+        reach = ~(bound < min_iou)  # NaN (empty shapes) is kept for the exact path
+        idx, det_area, gt_area = idx[reach], det_area[reach], gt_area[reach]
     if idx.size:
         d, g = det_geoms[idx], gt_geoms[idx]
         # Valid polygons without holes (the usual case) intersect in numpy; the rest through GEOS.
@@ -83,8 +94,7 @@ def polygon_iou_pairs(det_geoms, gt_geoms, crowd: np.ndarray) -> np.ndarray:
         inter = np.empty(idx.size)
         inter[simple] = simple_polygon_intersection_area(d[simple], g[simple])
         inter[~simple] = shapely.area(shapely.intersection(d[~simple], g[~simple]))
-        det_area = shapely.area(det_geoms[idx])
-        union = np.where(crowd[idx], det_area, det_area + shapely.area(gt_geoms[idx]) - inter)
+        union = np.where(crowd[idx], det_area, det_area + gt_area - inter)
         with np.errstate(divide="ignore", invalid="ignore"):
             iou[idx] = np.where(union > 0, inter / union, 0.0)
     return iou

@@ -230,13 +230,16 @@ def format_table(report: Report) -> str:
     def f(value, spec=".3f"):
         return "-" if value is None else format(value, spec)
 
-    rows = [("class", "status", "gt", "pred", "AP", "thresh", "P", "R", "F1")]
+    by_iou = bool(report.matching.iou_thresholds)  # EVAL_IOU_THRESHOLDS: AP over them beside AP
+    rows = [("class", "status", "gt", "pred", "AP", *(["AP@IoUs"] if by_iou else []), "thresh", "P", "R", "F1")]
     for c in report.classes:
         rows.append((c.name, c.status, str(c.n_ground_truth), str(c.n_predictions), f(c.average_precision),
+                     *([f(c.average_precision_iou_mean)] if by_iou else []),
                      f(c.threshold, ".4f"), f(c.precision), f(c.recall), f(c.f1)))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(v.ljust(w) if i < 2 else v.rjust(w) for i, (v, w) in enumerate(zip(r, widths))) for r in rows]
     s = report.summary
-    lines.append(f"mAP {f(s.mean_average_precision)}  macro-F1 {f(s.macro_f1)}  ({report.matching.geometry}, "
+    over_ious = f"  mAP@IoUs {f(s.mean_average_precision_iou_mean)}" if by_iou else ""
+    lines.append(f"mAP {f(s.mean_average_precision)}{over_ious}  macro-F1 {f(s.macro_f1)}  ({report.matching.geometry}, "
                  f"IoU {report.matching.iou_threshold}, policy {report.matching.policy})")
     return "\n".join(lines)

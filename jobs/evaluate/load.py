@@ -210,12 +210,13 @@ def _polygons(segmentations: list, uri: str, where: str) -> list | None:
     sizes = np.fromiter(map(len, parts), dtype=np.int64, count=len(parts))
     flat = np.fromiter(itertools.chain.from_iterable(parts), dtype=np.float64, count=int(sizes.sum()))
     ends = np.cumsum(sizes)
-    nonfinite = np.r_[0, np.cumsum(~np.isfinite(flat))][ends] - np.r_[0, np.cumsum(~np.isfinite(flat))][ends - sizes]
+    nonfinite_before = np.r_[0, np.cumsum(~np.isfinite(flat))]
+    nonfinite = nonfinite_before[ends] - nonfinite_before[ends - sizes]
     bad = np.flatnonzero((sizes < 6) | (sizes % 2 == 1) | (nonfinite > 0))
     if bad.size:
         row = int(np.searchsorted(np.cumsum(n_parts), bad[0], side="right"))
         raise InputDataError(f"{uri}: {where}[{row}].segmentation: a polygon needs >= 3 finite x, y pairs")
-    arrays = np.split(flat, ends[:-1]) if parts else []
+    arrays = [flat[b - n:b] for b, n in zip(ends.tolist(), sizes.tolist())]  # views, not copies
     out, k = [], 0
     for n in n_parts.tolist():
         out.append(arrays[k:k + n])

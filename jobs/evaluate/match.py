@@ -85,7 +85,9 @@ def _pairs(det_group: np.ndarray, gt_group_sorted: np.ndarray) -> tuple[np.ndarr
     return pair_det, pair_gt
 
 
-def pair_ious(det: Objects, gt: Objects, pair_det: np.ndarray, pair_gt: np.ndarray, geometry: str) -> np.ndarray:
+def pair_ious(det: Objects, gt: Objects, pair_det: np.ndarray, pair_gt: np.ndarray, geometry: str,
+              min_iou: float = 0.0) -> np.ndarray:
+    """IoU per pair; polygon pairs that provably stay below `min_iou` may be reported as 0."""
     crowd = gt.crowd[pair_gt]
     if geometry == "image":
         return np.ones(pair_det.size)
@@ -93,7 +95,7 @@ def pair_ious(det: Objects, gt: Objects, pair_det: np.ndarray, pair_gt: np.ndarr
         return box_iou_pairs(det.boxes[pair_det], gt.boxes[pair_gt], crowd)
     det_geoms = make_polygons(det.polygons, det.boxes)
     gt_geoms = make_polygons(gt.polygons, gt.boxes)
-    return polygon_iou_pairs(det_geoms[pair_det], gt_geoms[pair_gt], crowd)
+    return polygon_iou_pairs(det_geoms[pair_det], gt_geoms[pair_gt], crowd, min_iou=min_iou)
 
 
 def match_detections(det: Objects, gt: Objects, *, n_classes: int, iou_threshold: float, geometry: str) -> Matches:
@@ -127,9 +129,10 @@ def match_at_thresholds(det: Objects, gt: Objects, *, n_classes: int, iou_thresh
     pair_det, pair_gt = _pairs(d_group, g_group)  # pair_det indexes d_order, pair_gt g_order
     if pair_det.size == 0:
         return [Matches(tp[t], ignored[t]) for t in range(n_t)]
-    iou = pair_ious(det, gt, d_order[pair_det], g_order[pair_gt], geometry)
+    lowest = min(thresholds.min(), 1 - 1e-10)  # pycocotools clips t to 1 - 1e-10
+    iou = pair_ious(det, gt, d_order[pair_det], g_order[pair_gt], geometry, min_iou=lowest)
     # Pairs below every threshold can never match: drop them before the rank loop.
-    reach = iou >= min(thresholds.min(), 1 - 1e-10)
+    reach = iou >= lowest
     pair_det, pair_gt, iou = pair_det[reach], pair_gt[reach], iou[reach]
     limit = np.minimum(thresholds, 1 - 1e-10)[:, None]  # pycocotools clips t the same way
     # Candidate score: any non-crowd match beats any crowd match; within each kind the higher IoU.

@@ -71,12 +71,18 @@ def barrier(env: DistEnv) -> None:
 
 @contextlib.contextmanager
 def local_rank_zero_first(env: DistEnv):
-    """Local rank 0 fills a shared cache first; the others then find it there."""
+    """Local rank 0 fills a shared cache first; the others then find it there.
+
+    Rank 0 reaches the barrier even when its work fails, so the others are released and meet the
+    same error themselves (one exit code on every rank) instead of dying on a broken barrier.
+    """
     if env.local_rank != 0:
         barrier(env)
-    yield
-    if env.local_rank == 0:
-        barrier(env)
+    try:
+        yield
+    finally:
+        if env.local_rank == 0:
+            barrier(env)
 
 
 def all_reduce_sum(tensor: torch.Tensor, env: DistEnv) -> torch.Tensor:

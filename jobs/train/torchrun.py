@@ -9,8 +9,9 @@ signal to the workers (which checkpoint and exit 75), waits for them, and then d
 `SignalException`; when a worker fails it exits 1 whatever the worker's code. Kubernetes'
 podFailurePolicy needs the job's codes, so this wrapper exits:
 - 75 (PREEMPTED) when torchrun was stopped by SIGTERM: the workers checkpointed, a rerun resumes;
-- the workers' exit code when they all failed with the same one of the job's codes (e.g. 65 for
-  bad input data, 78 for bad configuration), so that a hopeless input is not retried;
+- the workers' exit code when those that exited (rather than being killed by torchrun's clean-up)
+  all failed with the same one of the job's codes (e.g. 65 for bad input data, 78 for bad
+  configuration), so that a hopeless input is not retried;
 - otherwise what torchrun would have.
 """
 
@@ -35,7 +36,8 @@ def main(argv: list[str] | None = None) -> int:
             return ExitCode.PREEMPTED
         return 128 + int(exc.sigval)
     except ChildFailedError as exc:
-        codes = {failure.exitcode for failure in exc.failures.values()}
+        # Negative codes are workers killed by a signal: torchrun's own clean-up of the survivors.
+        codes = {failure.exitcode for failure in exc.failures.values() if failure.exitcode >= 0}
         if len(codes) == 1 and (code := codes.pop()) in {int(c) for c in ExitCode}:
             return code
         return ExitCode.FAILURE

@@ -39,3 +39,16 @@ def test_polygon_iou_mixes_numpy_and_geos_paths():
     want = shapely.area(shapely.intersection(det, gt)) / shapely.area(shapely.union(det, gt))
     np.testing.assert_allclose(iou, want, rtol=1e-12)
     assert iou[0] == 1.0 and 0 < iou[1] < 1
+
+
+def test_min_iou_only_zeroes_pairs_below_it():
+    rng = np.random.default_rng(7)
+    parts = [[np.asarray(star(rng, 8, *rng.uniform(0, 40, 2), rng.uniform(5, 20)).exterior.coords).ravel()[:-2]]
+             for _ in range(600)]
+    det, gt = make_polygons(parts[:300], None), make_polygons(parts[300:], None)
+    crowd = rng.random(300) < 0.2
+    exact = polygon_iou_pairs(det, gt, crowd)
+    bounded = polygon_iou_pairs(det, gt, crowd, min_iou=0.3)
+    assert (exact >= 0.3).any() and ((exact > 0) & (exact < 0.3)).any()
+    np.testing.assert_array_equal(bounded[exact >= 0.3], exact[exact >= 0.3])
+    assert ((bounded == exact) | (bounded == 0))[exact < 0.3].all()

@@ -200,3 +200,16 @@ def test_pack_images_converts_an_image_folder_tree(tmp_path):
     assert data.classes == ["cat", "dog"] and len(data.train_labels) == 6 and len(data.test_labels) == 4
     expected = np.asarray(Image.open(tmp_path / "tree" / "test" / "dog" / "1.png")).transpose(2, 0, 1)
     assert np.array_equal(data.test_images[3].numpy(), expected)
+
+
+def test_bad_archive_under_torchrun_exits_65_too(tmp_path, train_env):
+    """jobs.train.torchrun passes the workers' shared exit code on (plain torchrun would exit 1)."""
+    truncated = tmp_path / "cifar-10-python.tar.gz"
+    truncated.write_bytes(b"\x1f\x8b" + b"\0" * 100)
+    out = tmp_path / "out"
+    result = run_train({**train_env, "TRAIN_DATA_URI": str(truncated), "TRAIN_OUTPUT_URI": str(out)}, torchrun=2,
+                       timeout=120)
+    assert result.returncode == 65, result.stdout[-2000:] + result.stderr[-2000:]
+    errors = [line for line in log_lines(result.stdout) if line["level"] == "error"]
+    assert {line["rank"] for line in errors} == {0, 1} and "not a readable tar archive" in errors[0]["error"]
+    assert not out.exists()
