@@ -17,7 +17,16 @@ threads plus the DataLoader workers), the throughput of a saturated machine. On 
 shared with other work the wall-clock figure swings 2x between repeats; the CPU figure does not,
 and it is what bounds a training pod that has its CPUs to itself.
 
-Two augmentation settings: none (the baseline preset) and crop+flip. The archive defaults to
+Two augmentation settings: none (the baseline preset) and crop+flip.
+
+Measured 2026-11-29 on the 2-core CPU build machine (shared with other jobs; load average 2-3),
+torch 2.14.1, `--steps 100 --repeats 3`, best of 3 (images/s wall | per CPU-second):
+    none       job 1772 | 900   textbook w=0 1526 | 773   textbook w=2 1213 | 625
+               ratio vs best textbook 1.16x wall, 1.16x CPU (vs the tutorial's workers=2: 1.46x, 1.44x)
+    crop+flip  job 1623 | 821   textbook w=0 1118 | 646   textbook w=2 1001 | 513
+               ratio vs best textbook 1.45x wall, 1.27x CPU (vs workers=2: 1.62x, 1.60x)
+Without augmentation the textbook path costs only ToTensor+Normalize per image and the step is
+bound by the CNN itself, so no data path can reach 1.4x over DataLoader(num_workers=0) there. The archive defaults to
 the packed JPEG copy of CIFAR-10 (`python -m jobs.train.pack_images ../shared/data/cifar10-jpeg.zip
 .bench/cifar-10-python.tar.gz`); it is packed on first use when missing. Prints images/s per path
 and the ratio job / best textbook (target >= 1.4).

@@ -124,16 +124,44 @@ def folder_digest(folder: Path) -> str:
 # --- extract -----------------------------------------------------------------------------------
 
 
+# tarfile's extraction filters arrived in Python 3.11.4 (and 3.12); Debian bookworm ships 3.11.2.
+_FILTER_ERRORS = (tarfile.FilterError,) if hasattr(tarfile, "FilterError") else ()
+
+
 def extract_archive(path: Path, *, uri: str, dest: Path) -> Path:
     """Extract with the "data" filter; return the folder holding the batch files."""
     try:
         with tarfile.open(path, "r:*") as tar:
-            tar.extractall(dest, filter="data")
-    except tarfile.FilterError as exc:
+            if hasattr(tarfile, "data_filter"):
+                tar.extractall(dest, filter="data")
+            else:
+                extract_regular_files(tar, uri=uri, dest=dest)
+    except _FILTER_ERRORS as exc:
         raise InputDataError(f"{uri}: refused archive member {exc.tarinfo.name!r}: {exc}") from None
     except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
         raise InputDataError(f"{uri}: not a readable tar archive: {exc}") from None
     return find_batches_folder(dest, uri=uri)
+
+
+def extract_regular_files(tar: tarfile.TarFile, *, uri: str, dest: Path) -> None:
+    """Where tarfile has no filters: admit only folders and regular files that land inside `dest`.
+
+    Stricter than the "data" filter (no links at all), which the CIFAR layout never needs.
+    """
+    root = dest.resolve()
+    for member in tar.getmembers():
+        target = (root / member.name).resolve()
+        inside = target == root or root in target.parents
+        if not (member.isfile() or member.isdir()) or not inside:
+            raise InputDataError(f"{uri}: refused archive member {member.name!r}: only regular files inside the "
+                                 "archive's own folder are allowed")
+        if member.isdir():
+            target.mkdir(parents=True, exist_ok=True)
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with tar.extractfile(member) as src, open(target, "wb") as dst:
+            while chunk := src.read(1 << 20):
+                dst.write(chunk)
 
 
 def find_batches_folder(root: Path, *, uri: str) -> Path:

@@ -8,7 +8,6 @@ The 1,797 8x8 handwritten digits (a real data set shipped with scikit-learn) are
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys

@@ -213,3 +213,26 @@ def test_bad_archive_under_torchrun_exits_65_too(tmp_path, train_env):
     errors = [line for line in log_lines(result.stdout) if line["level"] == "error"]
     assert {line["rank"] for line in errors} == {0, 1} and "not a readable tar archive" in errors[0]["error"]
     assert not out.exists()
+
+
+def test_fallback_extraction_without_tarfile_filters_refuses_links_and_traversal(tmp_path):
+    """Pythons before 3.11.4 (Debian bookworm's 3.11.2) have no tarfile filters: the fallback."""
+    def archive(member: tarfile.TarInfo, data: bytes = b"") -> Path:
+        path = tmp_path / f"a{len(list(tmp_path.iterdir()))}.tar"
+        with tarfile.open(path, "w") as tar:
+            member.size = len(data)
+            tar.addfile(member, io.BytesIO(data))
+        return path
+
+    link = tarfile.TarInfo("cifar-10-batches-py/data_batch_1")
+    link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+    for bad in (archive(tarfile.TarInfo("../escape.txt"), b"x"), archive(link)):
+        dest = tmp_path / f"out-{bad.stem}"
+        dest.mkdir()
+        with tarfile.open(bad) as tar, pytest.raises(InputDataError, match="refused archive member"):
+            cifar.extract_regular_files(tar, uri=str(bad), dest=dest)
+        assert list(dest.iterdir()) == [] and not (tmp_path / "escape.txt").exists()
+    good = archive(tarfile.TarInfo("cifar-10-batches-py/readme.txt"), b"hello")
+    with tarfile.open(good) as tar:
+        cifar.extract_regular_files(tar, uri=str(good), dest=tmp_path / "ok")
+    assert (tmp_path / "ok" / "cifar-10-batches-py" / "readme.txt").read_bytes() == b"hello"
