@@ -5,13 +5,14 @@ One process (CPU or one GPU), no torchrun needed:
     TRAIN_DATA_URI=s3://datasets/cifar-10-python.tar.gz TRAIN_OUTPUT_URI=s3://runs/cifar/r1 \\
         python -m jobs.train
 
-One node, N processes (NCCL on GPUs, gloo on CPU):
+One node, N processes (NCCL on GPUs, gloo on CPU); `jobs.train.torchrun` is torchrun that keeps the
+job's exit codes (plain `torchrun` works too, but exits 1 for everything, preemption included):
 
-    torchrun --standalone --nproc_per_node=N -m jobs.train
+    python -m jobs.train.torchrun --standalone --nproc_per_node=N -m jobs.train
 
 Several nodes (run on every node; the same rendezvous endpoint and id):
 
-    torchrun --nnodes=2 --nproc_per_node=8 --rdzv-backend=c10d \\
+    python -m jobs.train.torchrun --nnodes=2 --nproc_per_node=8 --rdzv-backend=c10d \\
         --rdzv-endpoint=$HEAD_NODE:29400 --rdzv-id=$JOB_ID -m jobs.train
 
 Pack an image-folder tree (e.g. the JPEG CIFAR-10 zip) into the CIFAR python layout first:

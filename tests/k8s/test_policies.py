@@ -134,14 +134,15 @@ def test_gpu_pods_are_scheduled_and_stopped_properly(doc, pod):
     for c in gpus:
         mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
         assert volumes[mounts["/dev/shm"]]["emptyDir"]["medium"] == "Memory"
-        assert c["command"][:3] == ["dumb-init", "--", "torchrun"]
+        # jobs.train.torchrun is torchrun passing the job's exit codes on to podFailurePolicy.
+        assert c["command"][:5] == ["dumb-init", "--", "python", "-m", "jobs.train.torchrun"]
     assert pod["terminationGracePeriodSeconds"] >= 2 * TORCHRUN_STOP_TIMEOUT_S
 
 
 @pytest.mark.parametrize(("doc", "pod"), list(workloads()))
 def test_training_caches_are_writable(doc, pod):
     for c in pod["containers"]:
-        if "torchrun" not in c.get("command", []):
+        if "jobs.train.torchrun" not in c.get("command", []):
             continue
         mounts = {m["mountPath"] for m in c["volumeMounts"]}
         assert {"/tmp", "/var/cache/ml-train", "/dev/shm"} <= mounts

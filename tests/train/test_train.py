@@ -60,7 +60,6 @@ def test_baseline_learns_digits_and_writes_every_output(baseline_run):
     assert any(line["event"] == "train" and line["step"] == 10 for line in lines)
 
 
-@pytest.mark.skipif(not (ROOT / "jobs" / "evaluate" / "__main__.py").exists(), reason="jobs.evaluate not present")
 def test_evaluate_job_consumes_the_handoff_tables(baseline_run):
     """train -> evaluate: the evaluation job reads predictions/annotations.parquet as written."""
     _, out, env = baseline_run
@@ -73,8 +72,10 @@ def test_evaluate_job_consumes_the_handoff_tables(baseline_run):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     thresholds = json.loads((report / "thresholds.json").read_text())
     assert thresholds["alignment"]["matched_images"] == 359
-    assert len(thresholds["classes"]) == 10
-    assert thresholds["calibration"]
+    assert len(thresholds["classes"]) == 10 and thresholds["matching"]["geometry"] == "image"
+    assert all(c["status"] == "ok" and c["n_ground_truth"] > 0 for c in thresholds["classes"])
+    calibration = thresholds["calibration"]
+    assert calibration["temperature"] > 0 and 0 <= calibration["ece_after"] <= 1
 
 
 def test_torchrun_two_processes_with_gloo_and_sigterm_resume(digits_archive, train_env, tmp_path):
