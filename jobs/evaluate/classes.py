@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from jobs.evaluate.align import Aligned
@@ -35,37 +37,67 @@ def _result(info, status, *, n_gt, n_pred, ap, threshold, tp, fp) -> ClassResult
     )
 
 
-def evaluate_classes(aligned: Aligned, matches: Matches, *, policy: str, min_support: int) -> tuple[list[ClassResult], Summary]:
+@dataclass
+class ByClass:
+    """Non-ignored detections in accumulation order; class c is the slice bounds[c]:bounds[c + 1]."""
+
+    n_gt: np.ndarray  # (n_classes,) non-crowd ground truths
+    n_pred: np.ndarray  # (n_classes,) prediction rows, ignored ones included
+    order: np.ndarray  # detection indices
+    score: np.ndarray
+    tp: np.ndarray
+    bounds: np.ndarray
+    rank: tuple
+
+    def __call__(self, c: int) -> tuple[np.ndarray, np.ndarray]:
+        lo, hi = self.bounds[c], self.bounds[c + 1]
+        return self.score[lo:hi], self.tp[lo:hi]
+
+
+def by_class(aligned: Aligned, matches: Matches) -> ByClass:
     det, gt = aligned.det, aligned.gt
     n_classes = len(aligned.classes)
-    n_gt = np.bincount(gt.cls[~gt.crowd], minlength=n_classes)
-    n_pred = np.bincount(det.cls, minlength=n_classes)
-
-    # Non-ignored detections by class, then descending score, then image and input order: the
-    # order pycocotools accumulates in, which decides AP where scores tie.
     rank = descending_rank(det.score)
     order = accumulation_order(det, n_classes, aligned.n_images, rank)
     order = order[~matches.ignored[order]]
-    cls_sorted, score_sorted, tp_sorted = det.cls[order], det.score[order], matches.tp[order]
-    bounds = np.searchsorted(cls_sorted, np.arange(n_classes + 1))
+    return ByClass(
+        n_gt=np.bincount(gt.cls[~gt.crowd], minlength=n_classes),
+        n_pred=np.bincount(det.cls, minlength=n_classes),
+        order=order, score=det.score[order], tp=matches.tp[order],
+        bounds=np.searchsorted(det.cls[order], np.arange(n_classes + 1)), rank=rank,
+    )
 
+
+def summarise(results: list[ClassResult], global_threshold: float | None) -> Summary:
+    with_gt = [r for r in results if r.n_ground_truth > 0]
+    f1s = [r.f1 for r in with_gt if r.f1 is not None]
+    return Summary(
+        mean_average_precision=float(np.mean([r.average_precision for r in with_gt])) if with_gt else None,
+        macro_f1=float(np.mean(f1s)) if f1s else None,
+        global_threshold=global_threshold,
+        thresholds={r.name: r.threshold for r in results if r.threshold is not None},
+    )
+
+
+def evaluate_classes(aligned: Aligned, matches: Matches, *, policy: str, min_support: int) -> tuple[list[ClassResult], Summary]:
+    data = by_class(aligned, matches)
+    n_gt, n_pred = data.n_gt, data.n_pred
     # The pooled sweep over classes with ground truth gives the fallback for thin classes.
-    pooled = np.flatnonzero(n_gt[cls_sorted] > 0)
-    pooled = pooled[np.argsort(rank[0][order[pooled]], kind="stable")]  # by descending score, stable
-    global_sweep = sweep_thresholds(score_sorted[pooled], tp_sorted[pooled], int(n_gt.sum()))
+    pooled = np.flatnonzero(n_gt[aligned.det.cls[data.order]] > 0)
+    pooled = pooled[np.argsort(data.rank[0][data.order[pooled]], kind="stable")]  # by descending score, stable
+    global_sweep = sweep_thresholds(data.score[pooled], data.tp[pooled], int(n_gt.sum()))
     g_idx = choose_operating_point(global_sweep, policy)
     global_threshold = None if g_idx is None else float(global_sweep.thresholds[g_idx])
 
     results = []
     for c, info in enumerate(aligned.classes):
-        lo, hi = bounds[c], bounds[c + 1]
-        scores, tps = score_sorted[lo:hi], tp_sorted[lo:hi]
+        scores, tps = data(c)
         common = dict(n_gt=int(n_gt[c]), n_pred=int(n_pred[c]))
         if n_gt[c] == 0:
-            results.append(_result(info, "no_ground_truth", ap=None, threshold=None, tp=0, fp=int(hi - lo), **common))
+            results.append(_result(info, "no_ground_truth", ap=None, threshold=None, tp=0, fp=int(scores.size), **common))
             continue
-        ap = average_precision(tps, int(n_gt[c])) if hi > lo else 0.0
-        if hi == lo:
+        ap = average_precision(tps, int(n_gt[c])) if scores.size else 0.0
+        if not scores.size:
             results.append(_result(info, "no_predictions", ap=ap, threshold=None, tp=0, fp=0, **common))
             continue
         sweep = sweep_thresholds(scores, tps, int(n_gt[c]))
@@ -79,16 +111,7 @@ def evaluate_classes(aligned: Aligned, matches: Matches, *, policy: str, min_sup
         if threshold is None:  # no operating point: report no P/R/F1 rather than made-up ones
             result = result.model_copy(update={"precision": None, "recall": None, "f1": None, "tp": 0, "fp": 0, "fn": int(n_gt[c])})
         results.append(result)
-
-    with_gt = [r for r in results if r.n_ground_truth > 0]
-    f1s = [r.f1 for r in with_gt if r.f1 is not None]
-    summary = Summary(
-        mean_average_precision=float(np.mean([r.average_precision for r in with_gt])) if with_gt else None,
-        macro_f1=float(np.mean(f1s)) if f1s else None,
-        global_threshold=global_threshold,
-        thresholds={r.name: r.threshold for r in results if r.threshold is not None},
-    )
-    return results, summary
+    return results, summarise(results, global_threshold)
 
 
 def evaluate_at_thresholds(aligned: Aligned, matches: Matches, chosen: list[ClassResult], *,
@@ -99,39 +122,23 @@ def evaluate_at_thresholds(aligned: Aligned, matches: Matches, chosen: list[Clas
     the same order; each result keeps its status and threshold, while counts, AP, precision, recall
     and F1 are measured here.
     """
-    det, gt = aligned.det, aligned.gt
-    n_classes = len(aligned.classes)
-    n_gt = np.bincount(gt.cls[~gt.crowd], minlength=n_classes)
-    n_pred = np.bincount(det.cls, minlength=n_classes)
-    keep = np.flatnonzero(~matches.ignored)
-    order = keep[np.lexsort((keep, det.image[keep], -det.score[keep], det.cls[keep]))]
-    cls_sorted, score_sorted, tp_sorted = det.cls[order], det.score[order], matches.tp[order]
-    bounds = np.searchsorted(cls_sorted, np.arange(n_classes + 1))
-
+    data = by_class(aligned, matches)
+    n_gt, n_pred = data.n_gt, data.n_pred
     results = []
     for c, (info, picked) in enumerate(zip(aligned.classes, chosen)):
-        lo, hi = bounds[c], bounds[c + 1]
+        scores, tps = data(c)
         common = dict(n_gt=int(n_gt[c]), n_pred=int(n_pred[c]))
-        ap = (average_precision(tp_sorted[lo:hi], int(n_gt[c])) if hi > lo else 0.0) if n_gt[c] else None
+        ap = (average_precision(tps, int(n_gt[c])) if scores.size else 0.0) if n_gt[c] else None
         threshold = picked.threshold
         if threshold is None:  # as evaluate_classes: without ground truth every detection is a false positive
-            tp, fp = 0, (int(hi - lo) if n_gt[c] == 0 else 0)
+            tp, fp = 0, (int(scores.size) if n_gt[c] == 0 else 0)
         else:
-            tp, fp = _counts_at(sweep_thresholds(score_sorted[lo:hi], tp_sorted[lo:hi], int(n_gt[c])), threshold)
+            tp, fp = _counts_at(sweep_thresholds(scores, tps, int(n_gt[c])), threshold)
         result = _result(info, picked.status, ap=ap, threshold=threshold, tp=tp, fp=fp, **common)
         if threshold is None:
             result = result.model_copy(update={"precision": None, "recall": None, "f1": None, "fn": int(n_gt[c])})
         results.append(result)
-
-    with_gt = [r for r in results if r.n_ground_truth > 0]
-    f1s = [r.f1 for r in with_gt if r.f1 is not None]
-    summary = Summary(
-        mean_average_precision=float(np.mean([r.average_precision for r in with_gt])) if with_gt else None,
-        macro_f1=float(np.mean(f1s)) if f1s else None,
-        global_threshold=global_threshold,
-        thresholds={r.name: r.threshold for r in results if r.threshold is not None},
-    )
-    return results, summary
+    return results, summarise(results, global_threshold)
 
 
 def iou_key(threshold: float) -> str:
