@@ -63,3 +63,31 @@ def evaluate(monkeypatch, predictions, annotations, output="unused", **settings)
     for key, value in env.items():
         monkeypatch.setenv(f"EVAL_{key.upper()}", value if isinstance(value, str) else json.dumps(value))
     return build_report(EvalSettings(), "test-run", structlog.get_logger())
+
+
+def run_cocoeval(gt: dict, dets: list, tmp_path: Path, iou_thresholds=None):
+    """pycocotools' COCOeval (bbox, area 'all', no per-image cap) after evaluate() and accumulate().
+
+    pycocotools stores the matched annotation's id as its match flag, so a detection matched to
+    annotation id 0 would count as a false positive there; the annotations are renumbered from 1.
+    """
+    import contextlib
+    import io
+
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    renumbered = {**gt, "annotations": [{**a, "id": n + 1} for n, a in enumerate(gt["annotations"])]}
+    path = tmp_path / "oracle_annotations.json"
+    path.write_text(json.dumps(renumbered))
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_gt = COCO(str(path))
+        ev = COCOeval(coco_gt, coco_gt.loadRes(dets) if dets else COCO(), "bbox")
+        if iou_thresholds is not None:
+            ev.params.iouThrs = np.array(iou_thresholds)
+        ev.params.maxDets = [10**6]
+        ev.params.areaRng = [[0, 1e10]]
+        ev.params.areaRngLbl = ["all"]
+        ev.evaluate()
+        ev.accumulate()
+    return ev

@@ -1,33 +1,18 @@
 """COCO AP@[.5:.95] (EVAL_IOU_THRESHOLDS) against pycocotools' default ten thresholds."""
 
-import contextlib
-import io
-import json
 
 import numpy as np
 import pytest
-from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval
 
 from common.errors import ConfigError
 from common.settings import load_settings
 from jobs.evaluate.settings import EvalSettings
-from tests.evaluate.helpers import evaluate, make_coco_case, write_case
+from tests.evaluate.helpers import evaluate, make_coco_case, run_cocoeval, write_case
 
 
 def pycocotools_ap_by_iou(gt, dets, tmp_path) -> tuple[np.ndarray, dict]:
     """pycocotools' default IoU thresholds, and per category id the AP at each (None without GT)."""
-    renumbered = {**gt, "annotations": [{**a, "id": n + 1} for n, a in enumerate(gt["annotations"])]}
-    path = tmp_path / "oracle_annotations.json"
-    path.write_text(json.dumps(renumbered))
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco_gt = COCO(str(path))
-        ev = COCOeval(coco_gt, coco_gt.loadRes(dets), "bbox")
-        ev.params.maxDets = [10**6]
-        ev.params.areaRng = [[0, 1e10]]
-        ev.params.areaRngLbl = ["all"]
-        ev.evaluate()
-        ev.accumulate()
+    ev = run_cocoeval(gt, dets, tmp_path)
     out = {}
     for k, cat in enumerate(ev.params.catIds):
         prec = ev.eval["precision"][:, :, k, 0, 0]

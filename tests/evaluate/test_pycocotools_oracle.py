@@ -8,33 +8,16 @@ annotation id 0 counts as a false positive there. The job treats id 0 like any i
 gets the same annotations renumbered from 1, and a test below shows ids do not matter to the job.
 """
 
-import contextlib
-import io
-import json
 
 import numpy as np
 import pytest
-from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval
 
-from tests.evaluate.helpers import evaluate, make_coco_case, write_case
+from tests.evaluate.helpers import evaluate, make_coco_case, run_cocoeval, write_case
 
 
 def pycocotools_oracle(gt, dets, iou, tmp_path):
     """Per category id: AP at one IoU (no per-image cap) and the F1-optimal point from its matches."""
-    renumbered = {**gt, "annotations": [{**a, "id": n + 1} for n, a in enumerate(gt["annotations"])]}
-    gt_path = tmp_path / "oracle_annotations.json"
-    gt_path.write_text(json.dumps(renumbered))
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco_gt = COCO(str(gt_path))
-        coco_dt = coco_gt.loadRes(dets) if dets else COCO()
-        ev = COCOeval(coco_gt, coco_dt, "bbox")
-        ev.params.iouThrs = np.array([iou])
-        ev.params.maxDets = [10**6]
-        ev.params.areaRng = [[0, 1e10]]
-        ev.params.areaRngLbl = ["all"]
-        ev.evaluate()
-        ev.accumulate()
+    ev = run_cocoeval(gt, dets, tmp_path, iou_thresholds=[iou])
     out = {}
     for k, cat in enumerate(ev.params.catIds):
         prec = ev.eval["precision"][0, :, k, 0, 0]
