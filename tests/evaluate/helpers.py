@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -54,15 +55,20 @@ def write_case(tmp: Path, gt: dict, dets: list) -> tuple[Path, Path]:
     return gt_path, det_path
 
 
+def eval_settings(monkeypatch, **env) -> EvalSettings:
+    """EvalSettings from keyword arguments as EVAL_ variables (JSON for non-strings), and no others."""
+    for key in [k for k in os.environ if k.startswith("EVAL_")]:
+        monkeypatch.delenv(key)
+    for key, value in env.items():
+        text = value if isinstance(value, str) else json.dumps(value) if isinstance(value, (dict, list)) else str(value)
+        monkeypatch.setenv(f"EVAL_{key.upper()}", text)
+    return EvalSettings()
+
+
 def evaluate(monkeypatch, predictions, annotations, output="unused", **settings):
     """Run the job's report builder in-process with EVAL_ settings from keyword arguments."""
-    for key in list(__import__("os").environ):
-        if key.startswith("EVAL_"):
-            monkeypatch.delenv(key)
     env = {"predictions_uri": str(predictions), "annotations_uri": str(annotations), "output_uri": str(output), **settings}
-    for key, value in env.items():
-        monkeypatch.setenv(f"EVAL_{key.upper()}", value if isinstance(value, str) else json.dumps(value))
-    return build_report(EvalSettings(), "test-run", structlog.get_logger())
+    return build_report(eval_settings(monkeypatch, **env), "test-run", structlog.get_logger())
 
 
 def run_cocoeval(gt: dict, dets: list, tmp_path: Path, iou_thresholds=None):

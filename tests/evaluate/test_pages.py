@@ -10,23 +10,11 @@ import structlog
 from PIL import Image
 
 from jobs.evaluate import job
-from jobs.evaluate.settings import EvalSettings
 from tests.evaluate.helpers import make_coco_case, write_case
 from tests.evaluate.synthetic import image_level_overconfident
 
 LOG = structlog.get_logger()
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-def settings(monkeypatch, **env) -> EvalSettings:
-    import os
-
-    for key in list(os.environ):
-        if key.startswith("EVAL_"):
-            monkeypatch.delenv(key)
-    for key, value in env.items():
-        monkeypatch.setenv(f"EVAL_{key.upper()}", str(value))
-    return EvalSettings()
 
 
 def references(html: str) -> list[str]:

@@ -10,21 +10,10 @@ from common.errors import ConfigError
 from common.exitcodes import ExitCode
 from jobs.evaluate import job
 from jobs.evaluate.publish import destination, update_pointer
-from jobs.evaluate.settings import EvalSettings
+from tests.evaluate.helpers import eval_settings as settings
 from tests.evaluate.synthetic import separable_case
 
 LOG = structlog.get_logger()
-
-
-def settings(monkeypatch, **env) -> EvalSettings:
-    import os
-
-    for key in list(os.environ):
-        if key.startswith("EVAL_"):
-            monkeypatch.delenv(key)
-    for key, value in env.items():
-        monkeypatch.setenv(f"EVAL_{key.upper()}", str(value))
-    return EvalSettings()
 
 
 @pytest.fixture
