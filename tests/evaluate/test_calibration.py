@@ -5,10 +5,19 @@ import pytest
 
 from common.errors import InputDataError
 from jobs.evaluate.calibration import (
-    N_BINS, apply_temperature, expected_calibration_error, fit_temperature, logit, reliability_bins,
+    N_BINS,
+    apply_temperature,
+    expected_calibration_error,
+    fit_temperature,
+    logit,
+    reliability_bins,
 )
 from tests.evaluate.helpers import evaluate, make_coco_case, write_case
-from tests.evaluate.synthetic import boxes_overconfident, image_level_overconfident, sigmoid
+from tests.evaluate.synthetic import (
+    boxes_overconfident,
+    image_level_overconfident,
+    sigmoid,
+)
 
 
 @pytest.mark.parametrize("true_t", [0.5, 2.0, 3.0])

@@ -4,7 +4,11 @@ import numpy as np
 import pytest
 import shapely
 
-from jobs.evaluate.geometry import make_polygons, polygon_iou_pairs, simple_polygon_intersection_area
+from jobs.evaluate.geometry import (
+    make_polygons,
+    polygon_iou_pairs,
+    simple_polygon_intersection_area,
+)
 
 
 def star(rng, n, cx, cy, r):

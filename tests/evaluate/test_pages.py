@@ -10,6 +10,7 @@ import structlog
 from PIL import Image
 
 from jobs.evaluate import job
+from tests.evaluate.helpers import eval_settings as settings
 from tests.evaluate.helpers import make_coco_case, write_case
 from tests.evaluate.synthetic import image_level_overconfident
 

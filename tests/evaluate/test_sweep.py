@@ -5,7 +5,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from jobs.evaluate.sweep import average_precision, choose_operating_point, sweep_thresholds
+from jobs.evaluate.sweep import (
+    average_precision,
+    choose_operating_point,
+    sweep_thresholds,
+)
 
 
 def sweep_of(scores, hits, n_gt):
