@@ -13,6 +13,7 @@ from pathlib import PurePosixPath
 import numpy as np
 
 from common.errors import ConfigError, InputDataError
+from jobs.evaluate.geometry import Polygons
 from jobs.evaluate.load import Table
 
 MAX_EXAMPLES = 10
@@ -26,12 +27,12 @@ class ClassInfo:
 
 @dataclass
 class Objects:
-    """Rows of one side after alignment. `boxes` (n, 4) xywh; `polygons` per-row part lists."""
+    """Rows of one side after alignment. `boxes` (n, 4) xywh; `polygons` columnar, one row each."""
 
     image: np.ndarray
     cls: np.ndarray
     boxes: np.ndarray | None
-    polygons: list | None
+    polygons: Polygons | None
     crowd: np.ndarray
     score: np.ndarray | None = None
 
@@ -42,7 +43,7 @@ class Objects:
         return Objects(
             image=self.image[idx], cls=self.cls[idx],
             boxes=None if self.boxes is None else self.boxes[idx],
-            polygons=None if self.polygons is None else [self.polygons[i] for i in idx],
+            polygons=None if self.polygons is None else self.polygons.take(idx),
             crowd=self.crowd[idx], score=None if self.score is None else self.score[idx],
         )
 

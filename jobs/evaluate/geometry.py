@@ -2,13 +2,18 @@
 
 Box IoU repeats pycocotools' `bbIou` operation for operation in float64, so equal inputs give
 bit-equal IoUs and the same matches at the threshold. For a crowd region the IoU is
-intersection / detection area, as in COCO. Polygon IoU is exact (shapely), where pycocotools
-rasterises masks; the two differ by rasterisation error only.
+intersection / detection area, as in COCO.
+
+Polygons stay columnar from load to match (`Polygons`: every vertex in one array, with part and
+row offsets). Polygon IoU is exact, where pycocotools rasterises masks; the two differ by
+rasterisation error only. A simple polygon (one part, no self-intersection) is intersected in
+numpy from its edges; anything else (several parts, a self-intersecting ring) is made valid and
+intersected by GEOS through shapely, which is imported only then.
 """
 
 from __future__ import annotations
 
-import itertools
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -25,93 +30,270 @@ def box_iou_pairs(det: np.ndarray, gt: np.ndarray, crowd: np.ndarray) -> np.ndar
     return np.where(inter > 0, iou, 0.0)
 
 
-def make_polygons(parts_per_row: list, boxes: np.ndarray | None):
-    """shapely geometries, one per row; a row without a polygon uses its box rectangle.
+# -- polygons as columns ---------------------------------------------------------------------------
 
-    Built with shapely's array constructors (one call per kind, not one per row): a row of one
-    part is a Polygon, of several a MultiPolygon.
-    """
+
+def _offsets(counts: np.ndarray) -> np.ndarray:
+    out = np.zeros(counts.size + 1, dtype=np.int64)
+    np.cumsum(counts, out=out[1:])
+    return out
+
+
+def _ranges(starts: np.ndarray, stops: np.ndarray) -> np.ndarray:
+    """The concatenation of arange(starts[i], stops[i]) over i, without a Python loop."""
+    lengths = stops - starts
+    return np.repeat(starts - (np.cumsum(lengths) - lengths), lengths) + np.arange(int(lengths.sum()))
+
+
+@dataclass(frozen=True)
+class Polygons:
+    """Polygon rows, ragged. Row r owns parts row_start[r]:row_start[r+1]; part k owns vertices
+    xy[part_start[k]:part_start[k+1]], an open ring (the last vertex joins the first). Several parts
+    are their union, as in COCO. A row without parts (an RLE or missing segmentation) is empty."""
+
+    xy: np.ndarray  # (m, 2) float64
+    part_start: np.ndarray  # (parts + 1,) int64
+    row_start: np.ndarray  # (rows + 1,) int64
+
+    @classmethod
+    def from_flat(cls, flat: np.ndarray, values_per_part: np.ndarray, parts_per_row: np.ndarray) -> Polygons:
+        """From x0, y0, x1, y1, ... of every part in order, each part's count of values, each row's count of parts."""
+        return cls(flat.reshape(-1, 2), _offsets(values_per_part // 2), _offsets(parts_per_row))
+
+    @classmethod
+    def from_rows(cls, rows: list[list]) -> Polygons:
+        """From one list per row of flat (x0, y0, x1, y1, ...) sequences, one per part."""
+        parts = [np.asarray(p, dtype=np.float64).reshape(-1) for row in rows for p in row]
+        flat = np.concatenate(parts) if parts else np.zeros(0)
+        sizes = np.array([p.size for p in parts], dtype=np.int64)
+        return cls.from_flat(flat, sizes, np.array([len(row) for row in rows], dtype=np.int64))
+
+    def __len__(self) -> int:
+        return self.row_start.size - 1
+
+    def take(self, rows: np.ndarray) -> Polygons:
+        return self._gather(self.row_start[rows], self.row_start[rows + 1], self.part_start, self.xy)
+
+    @staticmethod
+    def _gather(part_lo: np.ndarray, part_hi: np.ndarray, part_start: np.ndarray, xy: np.ndarray) -> Polygons:
+        parts = _ranges(part_lo, part_hi)
+        v_lo, v_hi = part_start[parts], part_start[parts + 1]
+        return Polygons(xy[_ranges(v_lo, v_hi)], _offsets(v_hi - v_lo), _offsets(part_hi - part_lo))
+
+    def with_boxes(self, boxes: np.ndarray | None) -> Polygons:
+        """Rows without parts take their box's rectangle (xywh); without boxes they stay empty."""
+        empty = np.flatnonzero(self.row_start[1:] == self.row_start[:-1])
+        if boxes is None or empty.size == 0:
+            return self
+        x, y, w, h = boxes[empty].T
+        corners = np.stack([x, y, x + w, y, x + w, y + h, x, y + h], axis=1).reshape(-1, 2)
+        n_parts = self.part_start.size - 1
+        part_start = np.r_[self.part_start, self.part_start[-1] + 4 * np.arange(1, empty.size + 1)]
+        part_lo, part_hi = self.row_start[:-1].copy(), self.row_start[1:].copy()
+        part_lo[empty] = n_parts + np.arange(empty.size)
+        part_hi[empty] = part_lo[empty] + 1
+        return self._gather(part_lo, part_hi, part_start, np.concatenate([self.xy, corners]))
+
+    def rows_as_lists(self) -> list[list[np.ndarray]]:
+        """Per row, its parts as flat (x0, y0, ...) arrays (views)."""
+        flat = self.xy.reshape(-1)
+        parts = [flat[2 * a:2 * b] for a, b in zip(self.part_start[:-1].tolist(), self.part_start[1:].tolist())]
+        return [parts[a:b] for a, b in zip(self.row_start[:-1].tolist(), self.row_start[1:].tolist())]
+
+
+def make_polygons(polys: Polygons, rows: np.ndarray | None = None):
+    """shapely geometries of the given rows (all by default), made valid: self-intersecting
+    annotation polygons are common, and `make_valid` keeps their covered area."""
+    return _made_valid(_shapes(polys, rows))[0]
+
+
+def _shapes(polys: Polygons, rows: np.ndarray | None):
+    """shapely geometries as given: a row of one part is a Polygon, of several a MultiPolygon,
+    of none an empty Polygon."""
     import shapely
 
-    n = len(parts_per_row)
-    geoms = np.empty(n, dtype=object)
-    n_parts = np.fromiter(map(len, parts_per_row), dtype=np.int64, count=n)
-    parts = list(itertools.chain.from_iterable(parts_per_row))
-    if parts:
-        vertices = np.fromiter(map(len, parts), dtype=np.int64, count=len(parts)) // 2
-        rings = shapely.linearrings(np.concatenate(parts).reshape(-1, 2), indices=np.repeat(np.arange(len(parts)), vertices))
-        polygons = shapely.polygons(rings)
-        part_row = np.repeat(np.arange(n), n_parts)
-        single = n_parts == 1
-        geoms[single] = polygons[np.searchsorted(part_row, np.flatnonzero(single))]
+    sub = polys if rows is None else polys.take(np.asarray(rows, dtype=np.int64))
+    n, n_parts = len(sub), np.diff(sub.row_start)
+    geoms = np.full(n, shapely.Polygon(), dtype=object)
+    if sub.xy.size:
+        part_of_vertex = np.repeat(np.arange(n_parts.sum()), np.diff(sub.part_start))
+        rings = shapely.polygons(shapely.linearrings(sub.xy, indices=part_of_vertex))
+        single = np.flatnonzero(n_parts == 1)
+        geoms[single] = rings[sub.row_start[single]]
         multi = n_parts > 1
         if multi.any():
+            part_row = np.repeat(np.arange(n), n_parts)
             in_multi = multi[part_row]
-            multi_rows = np.flatnonzero(multi)
-            geoms[multi] = shapely.multipolygons(polygons[in_multi], indices=np.searchsorted(multi_rows, part_row[in_multi]))
-    empty = n_parts == 0
-    if empty.any():
-        if boxes is not None:
-            x, y, w, h = boxes[empty].T
-            geoms[empty] = shapely.box(x, y, x + w, y + h)
-        else:
-            geoms[empty] = shapely.Polygon()
-    # Self-intersecting annotation polygons are common; make_valid keeps their covered area.
-    invalid = ~shapely.is_valid(geoms)
-    if invalid.any():
-        geoms[invalid] = shapely.make_valid(geoms[invalid])
+            geoms[multi] = shapely.multipolygons(rings[in_multi], indices=np.unique(part_row[in_multi], return_inverse=True)[1])
     return geoms
 
 
-def polygon_iou_pairs(det_geoms, gt_geoms, crowd: np.ndarray, *, min_iou: float = 0.0) -> np.ndarray:
-    """Exact IoU of row-aligned shapely geometry pairs (crowd: intersection / detection area).
+def _made_valid(geoms):
+    """The geometries made valid, and which of them were valid already."""
+    import shapely
+
+    valid = shapely.is_valid(geoms)
+    if not valid.all():
+        geoms = geoms.copy()
+        geoms[~valid] = shapely.make_valid(geoms[~valid])
+    return geoms, valid
+
+
+def _row_bounds(polys: Polygons) -> np.ndarray:
+    """(n, 4) min x, min y, max x, max y of each row; NaN for a row without vertices (it overlaps nothing)."""
+    v_start = polys.part_start[polys.row_start]
+    has = v_start[1:] > v_start[:-1]
+    bounds = np.full((len(polys), 4), np.nan)
+    if has.any():
+        at, x, y = v_start[:-1][has], polys.xy[:, 0], polys.xy[:, 1]
+        bounds[has] = np.column_stack([np.minimum.reduceat(x, at), np.minimum.reduceat(y, at),
+                                       np.maximum.reduceat(x, at), np.maximum.reduceat(y, at)])
+    return bounds
+
+
+class _Rings:
+    """Per-row facts of some rows, from all their vertices at once: edges, orientation, area, and
+    whether the row is certainly a simple polygon (one ring, star-shaped about its centroid)."""
+
+    def __init__(self, polys: Polygons, bounds: np.ndarray):
+        self.polys, self.bounds = polys, bounds
+        xy, part_start, row_start = polys.xy, polys.part_start, polys.row_start
+        n, n_parts = len(polys), part_start.size - 1
+        part_len = np.diff(part_start)
+        part_of = np.repeat(np.arange(n_parts), part_len)
+        following = np.arange(1, len(xy) + 1)
+        following[part_start[1:] - 1] = part_start[:-1]  # the last vertex of a ring joins its first
+        x0, y0 = xy[:, 0], xy[:, 1]
+        x1, y1 = x0[following], y0[following]
+        # Each ring relative to its first vertex: areas and centroids without cancellation.
+        ox, oy = np.repeat(x0[part_start[:-1]], part_len), np.repeat(y0[part_start[:-1]], part_len)
+        rx0, ry0, rx1, ry1 = x0 - ox, y0 - oy, x1 - ox, y1 - oy
+        cross = rx0 * ry1 - rx1 * ry0
+        area2 = np.bincount(part_of, cross, minlength=n_parts)  # twice the signed area
+        orientation = np.sign(area2)
+        turning = np.repeat(orientation, part_len)
+
+        # Certificate of simplicity: seen from the centroid c, every edge turns the same way (the
+        # cross product keeps its sign) and the ring winds around c once. Then the edges lie in
+        # disjoint angular sectors and cannot cross. Zero-length edges (repeated vertices) are
+        # neutral. Rows without it (not star-shaped, or not simple) are asked of GEOS if needed.
+        with np.errstate(divide="ignore", invalid="ignore"):
+            cx = np.repeat(np.bincount(part_of, (rx0 + rx1) * cross, minlength=n_parts) / (3 * area2), part_len)
+            cy = np.repeat(np.bincount(part_of, (ry0 + ry1) * cross, minlength=n_parts) / (3 * area2), part_len)
+        ax, ay, bx, by = rx0 - cx, (ry0 - cy) * turning, rx1 - cx, (ry1 - cy) * turning  # y mirrored: all rings turn left
+        size = np.repeat(np.abs(area2), part_len)
+        still = (ax == bx) & (ay == by)
+        bad_turns = np.bincount(part_of, ~((ax * by - ay * bx > 1e-12 * size) | still), minlength=n_parts)
+        windings = np.bincount(part_of, (ay < 0) & (by >= 0), minlength=n_parts)  # crossings of the ray c + (t, 0)
+        star = (bad_turns == 0) & (windings == 1) & (orientation != 0)
+        self.one_part = np.diff(row_start) == 1
+        part = row_start[:-1][self.one_part]
+        self.certified = np.zeros(n, dtype=bool)
+        self.certified[self.one_part] = star[part]
+        self.row_area = np.full(n, np.nan)  # exact for one simple ring; others are measured by GEOS
+        self.row_area[self.one_part] = np.abs(area2[part]) / 2
+
+        # Edges, for the numpy intersection: row r's edges are its vertex range.
+        v_start = part_start[row_start]
+        self.first, self.count = v_start[:-1], np.diff(v_start)
+        self.x0, self.y0 = x0, y0
+        self.x_lo, self.x_hi = np.minimum(x0, x1), np.maximum(x0, x1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            self.slope = np.where(x1 != x0, (y1 - y0) / (x1 - x0), 0.0)
+        # Trapezoid sign: leftward edges count +1 on a counter-clockwise ring; a clockwise ring flips.
+        self.weight = np.sign(x0 - x1) * turning
+        self.geoms: dict[int, object] = {}
+
+    def resolve(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """For these rows: simple (the numpy path) or not, and the exact area of each."""
+        simple = self.certified[rows]
+        area = self.row_area[rows]
+        ask = ~simple
+        if ask.any():
+            import shapely
+
+            uncertain = np.unique(rows[ask])
+            geoms, valid = _made_valid(_shapes(self.polys, uncertain))
+            self.geoms.update(zip(uncertain.tolist(), geoms))
+            where = np.searchsorted(uncertain, rows[ask])
+            simple[ask] = (self.one_part[uncertain] & valid)[where]  # a valid one-part row is one ring
+            area[ask] = shapely.area(geoms)[where]
+        return simple, area
+
+    def geometries(self, rows: np.ndarray):
+        """shapely geometries of these rows (made valid), built once per row."""
+        missing = np.unique(rows[[r not in self.geoms for r in rows.tolist()]])
+        if missing.size:
+            self.geoms.update(zip(missing.tolist(), make_polygons(self.polys, missing)))
+        return np.array([self.geoms[r] for r in rows.tolist()], dtype=object)
+
+    def y_at(self, i: np.ndarray, x: np.ndarray) -> np.ndarray:
+        return self.y0[i] + self.slope[i] * (x - self.x0[i])
+
+
+def _rings_of(polys: Polygons, bounds: np.ndarray, rows: np.ndarray) -> tuple[_Rings, np.ndarray]:
+    """`_Rings` of just the given rows (repeats allowed), and each given row's index in it."""
+    unique, local = np.unique(rows, return_inverse=True)
+    return _Rings(polys.take(unique), bounds[unique]), local.reshape(-1)
+
+
+def polygon_iou_pairs(det: Polygons, gt: Polygons, pair_det: np.ndarray, pair_gt: np.ndarray, crowd: np.ndarray,
+                      *, min_iou: float = 0.0) -> np.ndarray:
+    """Exact IoU of (det row, gt row) pairs (crowd: intersection / detection area).
 
     With `min_iou`, a pair whose IoU provably stays below it (from the areas and the overlap of
     the bounding boxes) is reported as 0 without intersecting the shapes.
     """
-    import shapely
-
-    iou = np.zeros(len(det_geoms))
-    if not len(det_geoms):
+    iou = np.zeros(pair_det.size)
+    if not pair_det.size:
         return iou
+    det_bounds = _row_bounds(det)
+    gt_bounds = det_bounds if gt is det else _row_bounds(gt)
     # Only pairs whose bounding boxes overlap can intersect; skip the rest cheaply.
-    db, gb = shapely.bounds(det_geoms), shapely.bounds(gt_geoms)
+    db, gb = det_bounds[pair_det], gt_bounds[pair_gt]
     overlap = np.maximum(np.minimum(db[:, 2], gb[:, 2]) - np.maximum(db[:, 0], gb[:, 0]), 0.0) * np.maximum(
         np.minimum(db[:, 3], gb[:, 3]) - np.maximum(db[:, 1], gb[:, 1]), 0.0
     )
     idx = np.flatnonzero(overlap > 0)
-    det_area, gt_area = shapely.area(det_geoms[idx]), shapely.area(gt_geoms[idx])
+    if not idx.size:
+        return iou
+    # Edges and certificates only for the rows in those pairs (one side when pairing a set with itself).
+    if gt is det:
+        d_side, local = _rings_of(det, det_bounds, np.r_[pair_det[idx], pair_gt[idx]])
+        g_side, d_rows, g_rows = d_side, local[:idx.size], local[idx.size:]
+    else:
+        d_side, d_rows = _rings_of(det, det_bounds, pair_det[idx])
+        g_side, g_rows = _rings_of(gt, gt_bounds, pair_gt[idx])
+    d_simple, det_area = d_side.resolve(d_rows)
+    g_simple, gt_area = g_side.resolve(g_rows)
     if min_iou > 0:  # the intersection is at most the smaller area and the boxes' overlap
         most = np.minimum(np.minimum(det_area, gt_area), overlap[idx])
         with np.errstate(divide="ignore", invalid="ignore"):
             bound = most / np.where(crowd[idx], det_area, det_area + gt_area - most)
         reach = ~(bound < min_iou)  # NaN (empty shapes) is kept for the exact path
-        idx, det_area, gt_area = idx[reach], det_area[reach], gt_area[reach]
+        idx, d_rows, g_rows, det_area, gt_area = idx[reach], d_rows[reach], g_rows[reach], det_area[reach], gt_area[reach]
+        d_simple, g_simple = d_simple[reach], g_simple[reach]
     if idx.size:
-        d, g = det_geoms[idx], gt_geoms[idx]
-        # Valid polygons without holes (the usual case) intersect in numpy; the rest through GEOS.
-        simple = _is_simple_polygon(d) & _is_simple_polygon(g)
+        simple = d_simple & g_simple
         inter = np.empty(idx.size)
-        inter[simple] = simple_polygon_intersection_area(d[simple], g[simple])
-        inter[~simple] = shapely.area(shapely.intersection(d[~simple], g[~simple]))
+        inter[simple] = _simple_intersection_area(d_side, g_side, d_rows[simple], g_rows[simple])
+        if not simple.all():
+            import shapely
+
+            rest = ~simple
+            inter[rest] = shapely.area(shapely.intersection(d_side.geometries(d_rows[rest]), g_side.geometries(g_rows[rest])))
         union = np.where(crowd[idx], det_area, det_area + gt_area - inter)
         with np.errstate(divide="ignore", invalid="ignore"):
             iou[idx] = np.where(union > 0, inter / union, 0.0)
     return iou
 
 
-def _is_simple_polygon(geoms) -> np.ndarray:
-    import shapely
-
-    return (shapely.get_type_id(geoms) == shapely.GeometryType.POLYGON) & (shapely.get_num_interior_rings(geoms) == 0)
+# Edge pairs per block of the numpy intersection: small enough for its temporaries to stay in cache.
+_EDGE_PAIRS_PER_BLOCK = 1 << 16
 
 
-# Edge pairs per block of simple_polygon_intersection_area: bounds its temporaries (~100 MB).
-_EDGE_PAIRS_PER_BLOCK = 1 << 20
-
-
-def simple_polygon_intersection_area(a, b) -> np.ndarray:
-    """Exact area of a[i] & b[i] for row-aligned simple polygons (valid, no holes), in float64.
+def _simple_intersection_area(ea: _Rings, eb: _Rings, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Exact area of row a[k] & row b[k] for simple polygons (one valid ring each), in float64.
 
     Above a line y = y0 under both, a polygon's indicator is a signed sum of the trapezoids
     between its edges and that line (sign: the edge's x direction times the ring's orientation;
@@ -119,61 +301,31 @@ def simple_polygon_intersection_area(a, b) -> np.ndarray:
     the area under the lower of two segments over their common x-range: a closed form, so the
     edge pairs of all polygon pairs run as array operations, without intersection geometries.
     """
-    import shapely
-
-    n = len(a)
+    n = a.size
     out = np.zeros(n)
     if n == 0:
         return out
-    y0 = np.minimum(shapely.bounds(a)[:, 1], shapely.bounds(b)[:, 1])  # per pair: heights are y - y0 >= 0
-    ea, eb = _Edges(a, n), _Edges(b, n)
-    per_pair = ea.count * eb.count
+    y0 = np.minimum(ea.bounds[a, 1], eb.bounds[b, 1])  # per pair: heights are y - y0 >= 0
+    na, nb = ea.count[a], eb.count[b]
+    per_pair = na * nb
     ends = np.cumsum(per_pair)
     cuts = np.unique(np.r_[0, np.searchsorted(ends, np.arange(_EDGE_PAIRS_PER_BLOCK, ends[-1], _EDGE_PAIRS_PER_BLOCK)), n])
-    for lo, hi in zip(cuts[:-1], cuts[1:]):
-        counts = per_pair[lo:hi]
-        pair = np.repeat(np.arange(lo, hi), counts)
-        local = np.arange(pair.size) - np.repeat(np.cumsum(counts) - counts, counts)
-        i, j = np.divmod(local, eb.count[pair])
-        i += ea.first[pair]
-        j += eb.first[pair]
+    for lo, hi in zip(cuts[:-1].tolist(), cuts[1:].tolist()):
+        # Edge i of a[k] meets every edge j of b[k]: i repeats, j runs over b's edge range.
+        fa, fb, ma, mb = ea.first[a[lo:hi]], eb.first[b[lo:hi]], na[lo:hi], nb[lo:hi]
+        i = np.repeat(_ranges(fa, fa + ma), np.repeat(mb, ma))
+        j = _ranges(np.repeat(fb, ma), np.repeat(fb + mb, ma))
+        pair = np.repeat(np.arange(hi - lo), per_pair[lo:hi])
         left = np.maximum(ea.x_lo[i], eb.x_lo[j])
         right = np.minimum(ea.x_hi[i], eb.x_hi[j])
         keep = np.flatnonzero(right > left)  # x-ranges overlap (never a vertical edge)
         pair, i, j, left, right = pair[keep], i[keep], j[keep], left[keep], right[keep]
-        base = y0[pair]
-        pl, pr = ea.y_at(i, left) - base, ea.y_at(i, right) - base
-        ql, qr = eb.y_at(j, left) - base, eb.y_at(j, right) - base
+        pl, pr = ea.y_at(i, left), ea.y_at(i, right)
+        ql, qr = eb.y_at(j, left), eb.y_at(j, right)
         dl, dr = pl - ql, pr - qr
         with np.errstate(divide="ignore", invalid="ignore"):
             # The integral of |p - q| over [left, right], p - q linear: split where it changes sign.
             abs_gap = np.where(dl * dr >= 0, np.abs(dl + dr) / 2, (dl * dl + dr * dr) / (2 * (np.abs(dl) + np.abs(dr))))
-        under_lower = (right - left) * ((pl + pr + ql + qr) / 4 - abs_gap / 2)
-        out += np.bincount(pair, ea.weight[i] * eb.weight[j] * under_lower, minlength=n)
+        under_lower = (right - left) * ((pl + pr + ql + qr) / 4 - y0[lo:hi][pair] - abs_gap / 2)
+        out[lo:hi] += np.bincount(pair, ea.weight[i] * eb.weight[j] * under_lower, minlength=hi - lo)
     return np.maximum(out, 0.0)
-
-
-class _Edges:
-    """The exterior-ring edges of n polygons, as flat per-edge arrays, grouped by polygon."""
-
-    def __init__(self, geoms, n: int):
-        import shapely
-
-        xy, index = shapely.get_coordinates(shapely.get_exterior_ring(geoms), return_index=True)
-        same = np.flatnonzero(index[1:] == index[:-1])  # closed rings: consecutive points of one ring
-        x0, y0, x1, y1 = xy[same, 0], xy[same, 1], xy[same + 1, 0], xy[same + 1, 1]
-        geom = index[same]
-        self.count = np.bincount(geom, minlength=n)
-        self.first = np.cumsum(self.count) - self.count
-        self.x_lo, self.x_hi = np.minimum(x0, x1), np.maximum(x0, x1)
-        self.x0, self.y0 = x0, y0
-        with np.errstate(divide="ignore", invalid="ignore"):
-            self.slope = np.where(x1 != x0, (y1 - y0) / (x1 - x0), 0.0)
-        # Trapezoid sign: leftward edges count +1 on a counter-clockwise ring; a clockwise ring flips.
-        signed_area = np.bincount(geom, x0 * y1 - x1 * y0, minlength=n)
-        self.weight = np.sign(x0 - x1) * np.sign(signed_area)[geom]
-
-    def y_at(self, i: np.ndarray, x: np.ndarray) -> np.ndarray:
-        return self.y0[i] + self.slope[i] * (x - self.x0[i])
-
-

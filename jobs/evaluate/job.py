@@ -51,6 +51,7 @@ def load_inputs(settings: EvalSettings, log):
 
 def run(settings: EvalSettings, run_id: str, log: structlog.BoundLogger) -> int:
     """Evaluate, write plots and index.html, then the report (the commit), then the latest pointer."""
+    started = time.perf_counter()
     dest = destination(settings.output_uri, settings.output_layout, run_id)
     if dest.conditional and storage.exists(dest.report_uri):
         # This slot is done (a retry after a complete run): never evaluate or write it twice.
@@ -80,7 +81,7 @@ def run(settings: EvalSettings, run_id: str, log: structlog.BoundLogger) -> int:
     doc = json.loads(body)
     s = report.summary
     log.info("report written", uri=dest.report_uri, mean_average_precision=s.mean_average_precision,
-             macro_f1=s.macro_f1, classes=len(report.classes))
+             macro_f1=s.macro_f1, classes=len(report.classes), seconds=round(time.perf_counter() - started, 3))
     update_pointer(dest, doc, log)
     if sys.stdout.isatty():
         print(format_table(report), flush=True)

@@ -19,6 +19,7 @@ import numpy as np
 
 from common.errors import ConfigError, InputDataError
 from common.storage import Blob
+from jobs.evaluate.geometry import Polygons
 
 # -- COCO schemas, decoded straight into typed objects (msgspec validates while it parses) -------
 
@@ -65,8 +66,7 @@ class Table:
 
     image_codes[i] indexes `image_refs` (file names, paths or COCO ids); category_codes[i] indexes
     `category_refs` (ids or names) and is -1 for a row that only lists an image. `boxes` is (n, 4)
-    xywh float64 or None; `polygons` is a list of per-row lists of flat (x0, y0, x1, y1, ...)
-    float64 arrays, or None.
+    xywh float64 or None; `polygons` is a `Polygons` (every row's parts, columnar) or None.
     """
 
     uri: str
@@ -78,7 +78,7 @@ class Table:
     category_refs: list
     score: np.ndarray | None = None
     boxes: np.ndarray | None = None
-    polygons: list | None = None
+    polygons: Polygons | None = None
     iscrowd: np.ndarray | None = None
     # COCO ground truth only: every image (also those without objects), and the categories.
     coco_images: list[CocoImage] | None = None
@@ -195,15 +195,14 @@ def _check_boxes(boxes: np.ndarray, uri: str, locate) -> None:
         raise InputDataError(f"{uri}: {locate(bad[0])}: negative box width or height {boxes[bad[0]].tolist()}")
 
 
-def _polygons(segmentations: list, uri: str, where: str) -> list | None:
-    """Per-row polygon parts as flat float64 arrays; None when no row has a polygon.
+def _polygons(segmentations: list, uri: str, where: str) -> Polygons | None:
+    """Every row's polygon parts as one `Polygons`; None when no row has a polygon.
 
-    RLE (dict) segmentations and rows without one keep an empty list; `geometry` falls back to
-    the row's box for them.
+    RLE (dict) segmentations and rows without one have no parts; matching uses the row's box.
     """
     if segmentations.count(None) == len(segmentations) or all(s is None or isinstance(s, dict) for s in segmentations):
         return None
-    # All parts of all rows as one flat array, checked at once, then split into per-part views.
+    # All parts of all rows as one flat array, checked at once.
     rows = [seg if isinstance(seg, list) else [] for seg in segmentations]
     n_parts = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
     parts = list(itertools.chain.from_iterable(rows))
@@ -216,12 +215,7 @@ def _polygons(segmentations: list, uri: str, where: str) -> list | None:
     if bad.size:
         row = int(np.searchsorted(np.cumsum(n_parts), bad[0], side="right"))
         raise InputDataError(f"{uri}: {where}[{row}].segmentation: a polygon needs >= 3 finite x, y pairs")
-    arrays = [flat[b - n:b] for b, n in zip(ends.tolist(), sizes.tolist())]  # views, not copies
-    out, k = [], 0
-    for n in n_parts.tolist():
-        out.append(arrays[k:k + n])
-        k += n
-    return out
+    return Polygons.from_flat(flat, sizes, n_parts)
 
 
 def read_coco_ground_truth(blob: Blob) -> Table:
@@ -356,7 +350,7 @@ def _dictionary(table, name: str, uri: str, *, our: str, nullable: bool = False)
     return codes, col.dictionary.to_pylist()
 
 
-def _table_polygons(table, name: str, uri: str) -> list | None:
+def _table_polygons(table, name: str, uri: str) -> Polygons | None:
     if name not in table.column_names:
         return None
     out = []
@@ -377,7 +371,7 @@ def _table_polygons(table, name: str, uri: str) -> list | None:
         if any(a.ndim != 1 or a.size < 6 or a.size % 2 or not np.isfinite(a).all() for a in arrays):
             raise InputDataError(f"{uri}: row {row + 1}, column {name!r}: a polygon needs >= 3 finite x, y pairs")
         out.append(arrays)
-    return out
+    return Polygons.from_rows(out)
 
 
 def read_table(blob: Blob, fmt: str, columns, *, predictions: bool) -> Table:

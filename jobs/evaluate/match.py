@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from jobs.evaluate.align import Objects
-from jobs.evaluate.geometry import box_iou_pairs, make_polygons, polygon_iou_pairs
+from jobs.evaluate.geometry import box_iou_pairs, polygon_iou_pairs
 
 
 @dataclass
@@ -93,9 +93,8 @@ def pair_ious(det: Objects, gt: Objects, pair_det: np.ndarray, pair_gt: np.ndarr
         return np.ones(pair_det.size)
     if geometry == "bbox":
         return box_iou_pairs(det.boxes[pair_det], gt.boxes[pair_gt], crowd)
-    det_geoms = make_polygons(det.polygons, det.boxes)
-    gt_geoms = make_polygons(gt.polygons, gt.boxes)
-    return polygon_iou_pairs(det_geoms[pair_det], gt_geoms[pair_gt], crowd, min_iou=min_iou)
+    return polygon_iou_pairs(det.polygons.with_boxes(det.boxes), gt.polygons.with_boxes(gt.boxes),
+                             pair_det, pair_gt, crowd, min_iou=min_iou)
 
 
 def match_detections(det: Objects, gt: Objects, *, n_classes: int, iou_threshold: float, geometry: str) -> Matches:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from jobs.evaluate.align import Objects
-from jobs.evaluate.geometry import box_iou_pairs, make_polygons, polygon_iou_pairs
+from jobs.evaluate.geometry import box_iou_pairs, polygon_iou_pairs
 
 
 def _ranked_pairs(group: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -38,8 +38,8 @@ def _pair_ious(det: Objects, a: np.ndarray, b: np.ndarray, geometry: str) -> np.
         return np.ones(a.size)
     if geometry == "bbox":
         return box_iou_pairs(det.boxes[a], det.boxes[b], no_crowd)
-    geoms = make_polygons(det.polygons, det.boxes)
-    return polygon_iou_pairs(geoms[a], geoms[b], no_crowd)
+    polygons = det.polygons.with_boxes(det.boxes)
+    return polygon_iou_pairs(polygons, polygons, a, b, no_crowd)
 
 
 def nms_keep(det: Objects, *, n_classes: int, iou_threshold: float, geometry: str) -> np.ndarray:

@@ -71,8 +71,49 @@ def evaluate(monkeypatch, predictions, annotations, output="unused", **settings)
     return build_report(eval_settings(monkeypatch, **env), "test-run", structlog.get_logger())
 
 
-def run_cocoeval(gt: dict, dets: list, tmp_path: Path, iou_thresholds=None):
-    """pycocotools' COCOeval (bbox, area 'all', no per-image cap) after evaluate() and accumulate().
+def shoelace_area(xy: np.ndarray) -> float:
+    x, y = xy[:, 0], xy[:, 1]
+    return float(abs(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))) / 2)
+
+
+def make_polygon_case(seed: int, *, n_images=40, n_classes=3, size=400):
+    """A COCO case of star-shaped polygons (20-60 px): ground truth, jittered copies, false positives."""
+    rng = np.random.default_rng(seed)
+
+    def ring(cx, cy, radii, angles):
+        return np.round(np.column_stack([cx + radii * np.cos(angles), cy + radii * np.sin(angles)]), 2)
+
+    def entry(xy):
+        lo, hi = xy.min(0), xy.max(0)
+        return {"segmentation": [xy.ravel().tolist()], "bbox": [*lo.tolist(), *(hi - lo).tolist()]}
+
+    images, anns, dets = [], [], []
+    for i in range(n_images):
+        images.append({"id": i + 1, "file_name": f"{i}.jpg", "width": size, "height": size})
+        for _ in range(rng.integers(1, 5)):
+            cat, n = int(rng.integers(n_classes)) + 1, int(rng.integers(6, 15))
+            cx, cy, r = *rng.uniform(70, size - 70, 2), rng.uniform(20, 60)
+            angles, radii = np.sort(rng.uniform(0, 2 * np.pi, n)), r * rng.uniform(0.6, 1, n)
+            xy = ring(cx, cy, radii, angles)
+            anns.append({"id": len(anns) + 1, "image_id": i + 1, "category_id": cat, "iscrowd": 0,
+                         "area": shoelace_area(xy), **entry(xy)})
+            for _ in range(rng.integers(0, 3)):
+                moved = ring(cx + rng.normal(0, 0.15 * r), cy + rng.normal(0, 0.15 * r),
+                             radii * rng.uniform(0.8, 1.2, n), np.sort(angles + rng.normal(0, 0.05, n)))
+                dets.append({"image_id": i + 1, "category_id": cat, "score": round(float(rng.random()), 3), **entry(moved)})
+        for _ in range(rng.integers(0, 3)):
+            n = int(rng.integers(5, 10))
+            xy = ring(*rng.uniform(70, size - 70, 2), rng.uniform(15, 50) * rng.uniform(0.6, 1, n), np.sort(rng.uniform(0, 2 * np.pi, n)))
+            dets.append({"image_id": i + 1, "category_id": int(rng.integers(n_classes)) + 1,
+                         "score": round(float(rng.random()), 3), **entry(xy)})
+    categories = [{"id": c + 1, "name": f"shape{c}"} for c in range(n_classes)]
+    return {"images": images, "annotations": anns, "categories": categories}, dets
+
+
+def run_cocoeval(gt: dict, dets: list, tmp_path: Path, iou_thresholds=None, iou_type="bbox"):
+    """pycocotools' COCOeval (area 'all', no per-image cap) after evaluate() and accumulate().
+
+    For `iou_type="segm"` the results' polygons are rasterised to RLE first (loadRes wants RLE).
 
     pycocotools stores the matched annotation's id as its match flag, so a detection matched to
     annotation id 0 would count as a false positive there; the annotations are renumbered from 1.
@@ -88,7 +129,13 @@ def run_cocoeval(gt: dict, dets: list, tmp_path: Path, iou_thresholds=None):
     path.write_text(json.dumps(renumbered))
     with contextlib.redirect_stdout(io.StringIO()):
         coco_gt = COCO(str(path))
-        ev = COCOeval(coco_gt, coco_gt.loadRes(dets) if dets else COCO(), "bbox")
+        if iou_type == "segm":
+            from pycocotools import mask as mask_utils
+
+            size = {im["id"]: (im["height"], im["width"]) for im in gt["images"]}
+            dets = [{**d, "segmentation": mask_utils.merge(mask_utils.frPyObjects(d["segmentation"], *size[d["image_id"]]))}
+                    for d in dets]
+        ev = COCOeval(coco_gt, coco_gt.loadRes(dets) if dets else COCO(), iou_type)
         if iou_thresholds is not None:
             ev.params.iouThrs = np.array(iou_thresholds)
         ev.params.maxDets = [10**6]

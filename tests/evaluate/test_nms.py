@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from jobs.evaluate.align import Objects
-from jobs.evaluate.geometry import box_iou_pairs
+from jobs.evaluate.geometry import Polygons, box_iou_pairs
 from jobs.evaluate.nms import nms_keep
 from tests.evaluate.helpers import evaluate, make_coco_case, write_case
 
@@ -60,7 +60,7 @@ def test_polygons_of_boxes_agree_with_boxes():
     rng = np.random.default_rng(7)
     n = 80
     boxes = np.c_[rng.uniform(0, 40, (n, 2)), rng.uniform(5, 30, (n, 2))]
-    polys = [[np.array([x, y, x + w, y, x + w, y + h, x, y + h])] for x, y, w, h in boxes]
+    polys = Polygons.from_rows([[np.array([x, y, x + w, y, x + w, y + h, x, y + h])] for x, y, w, h in boxes])
     det = objects(rng.integers(0, 3, n), np.zeros(n, int), boxes, rng.random(n), polygons=polys)
     assert np.array_equal(nms_keep(det, n_classes=1, iou_threshold=0.5, geometry="polygon"),
                           nms_keep(det, n_classes=1, iou_threshold=0.5, geometry="bbox"))
