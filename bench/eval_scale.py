@@ -398,22 +398,35 @@ def scaling(work: Path, base_images: int, scales: list[int], repeats: int) -> No
               "(the fixed start-up, ~0.5 s, flattens the slope at the small end)")
 
 
+def in_process_seconds(log: str) -> float:
+    """The job's own time from the start of its work to the report written (its last log line with seconds)."""
+    return next(json.loads(line)["seconds"] for line in reversed(log.splitlines())
+                if line.startswith("{") and '"report written"' in line)
+
+
 def polygons(work: Path, n_images: int, repeats: int) -> None:
     folder = work / "polygons"
     n = generate("polygons", folder, n_images)["det"]
     gt_path, det_path = folder / "annotations.json", folder / "predictions.json"
-    print(f"\n== polygons: {n_images} images, {n} polygon detections; job (exact, shapely) vs pycocotools segm (rasterised)")
+    rounds = max(repeats, 5)  # a small case: more rounds against the machine's noise
+    print(f"\n== polygons: {n_images} images, {n} polygon detections; job (exact polygon IoU) vs pycocotools segm "
+          f"(rasterised masks); medians of {rounds} alternating rounds")
     jobs, pycs = [], []
-    for _ in range(repeats):
+    for _ in range(rounds):
         jobs.append(run_job(gt_path, det_path, folder / "out", iou_type="polygon"))
         pycs.append(run_peer("pycocotools", gt_path, det_path, "segm"))
     jw, pw = median([j["wall"] for j in jobs]), median([p["wall"] for p in pycs])
-    pin = median([p["load"] + p["eval"] for p in pycs])
+    jin, pin = median([in_process_seconds(j["log"]) for j in jobs]), median([p["load"] + p["eval"] for p in pycs])
     ours, theirs = job_ap(jobs[-1]["report"]), pycs[-1]["ap"]
     diffs = np.array([ours[k] - theirs[k][0] for k in ours if theirs.get(k)])
-    print(f"   job {jw:.2f} s (peak RSS {max(j['rss'] for j in jobs):.0f} MiB); pycocotools segm {pw:.2f} s process, "
-          f"{pin:.2f} s load+eval+acc (peak RSS {max(p['rss'] for p in pycs):.0f} MiB)")
-    print(f"   speedup {pw / jw:.1f}x (process), {pin / jw:.1f}x (vs load+eval+acc); goal >= 5x")
+    print(f"   {'':34s} {'job':>7s} {'pycocotools':>11s} {'ratio':>7s}")
+    print(f"   {'process (start to exit) s':34s} {jw:7.2f} {pw:11.2f} {pw / jw:6.1f}x")
+    print(f"   {'work (read files to AP) s':34s} {jin:7.2f} {pin:11.2f} {pin / jin:6.1f}x   <- goal >= 5x: "
+          f"{'met' if pin / jin >= 5 else 'NOT met'}")
+    print(f"   {'peak RSS MiB':34s} {max(j['rss'] for j in jobs):7.0f} {max(p['rss'] for p in pycs):11.0f}")
+    print("   work: the job's own timing from the start of its run (settings parsed) to thresholds.json written;")
+    print("   pycocotools' own timing of loading both files (polygons rasterised to RLE), evaluate() and accumulate().")
+    print(f"   Neither counts interpreter start and imports: the job's are {jw - jin:.2f} s (pydantic-settings, structlog, numpy).")
     print(f"   AP(job) - AP(pycocotools) per class: mean {diffs.mean():+.4f}, max |.| {np.abs(diffs).max():.4f}; "
           f"mAP {np.mean(list(ours.values())):.4f} vs {np.mean([v[0] for v in theirs.values() if v]):.4f}")
 

@@ -68,6 +68,12 @@ class Polygons:
         sizes = np.array([p.size for p in parts], dtype=np.int64)
         return cls.from_flat(flat, sizes, np.array([len(row) for row in rows], dtype=np.int64))
 
+    @classmethod
+    def concatenate(cls, items: list[Polygons]) -> Polygons:
+        """The rows of each item, in order."""
+        return cls(np.concatenate([p.xy for p in items]), _offsets(np.concatenate([np.diff(p.part_start) for p in items])),
+                   _offsets(np.concatenate([np.diff(p.row_start) for p in items])))
+
     def __len__(self) -> int:
         return self.row_start.size - 1
 
@@ -163,7 +169,7 @@ class _Rings:
         part_of = np.repeat(np.arange(n_parts), part_len)
         following = np.arange(1, len(xy) + 1)
         following[part_start[1:] - 1] = part_start[:-1]  # the last vertex of a ring joins its first
-        x0, y0 = xy[:, 0], xy[:, 1]
+        x0, y0 = xy[:, 0].copy(), xy[:, 1].copy()  # contiguous: every step below runs over them
         x1, y1 = x0[following], y0[following]
         # Each ring relative to its first vertex: areas and centroids without cancellation.
         ox, oy = np.repeat(x0[part_start[:-1]], part_len), np.repeat(y0[part_start[:-1]], part_len)
@@ -196,8 +202,9 @@ class _Rings:
         # Edges, for the numpy intersection: row r's edges are its vertex range.
         v_start = part_start[row_start]
         self.first, self.count = v_start[:-1], np.diff(v_start)
-        self.x0, self.y0 = x0, y0
-        self.x_lo, self.x_hi = np.minimum(x0, x1), np.maximum(x0, x1)
+        rightward = x0 <= x1
+        self.x_lo, self.x_hi = np.where(rightward, x0, x1), np.where(rightward, x1, x0)
+        self.y_lo = np.where(rightward, y0, y1)  # y at x_lo
         with np.errstate(divide="ignore", invalid="ignore"):
             self.slope = np.where(x1 != x0, (y1 - y0) / (x1 - x0), 0.0)
         # Trapezoid sign: leftward edges count +1 on a counter-clockwise ring; a clockwise ring flips.
@@ -226,9 +233,6 @@ class _Rings:
         if missing.size:
             self.geoms.update(zip(missing.tolist(), make_polygons(self.polys, missing)))
         return np.array([self.geoms[r] for r in rows.tolist()], dtype=object)
-
-    def y_at(self, i: np.ndarray, x: np.ndarray) -> np.ndarray:
-        return self.y0[i] + self.slope[i] * (x - self.x0[i])
 
 
 def _rings_of(polys: Polygons, bounds: np.ndarray, rows: np.ndarray) -> tuple[_Rings, np.ndarray]:
@@ -316,16 +320,19 @@ def _simple_intersection_area(ea: _Rings, eb: _Rings, a: np.ndarray, b: np.ndarr
         i = np.repeat(_ranges(fa, fa + ma), np.repeat(mb, ma))
         j = _ranges(np.repeat(fb, ma), np.repeat(fb + mb, ma))
         pair = np.repeat(np.arange(hi - lo), per_pair[lo:hi])
-        left = np.maximum(ea.x_lo[i], eb.x_lo[j])
-        right = np.minimum(ea.x_hi[i], eb.x_hi[j])
-        keep = np.flatnonzero(right > left)  # x-ranges overlap (never a vertical edge)
-        pair, i, j, left, right = pair[keep], i[keep], j[keep], left[keep], right[keep]
-        pl, pr = ea.y_at(i, left), ea.y_at(i, right)
-        ql, qr = eb.y_at(j, left), eb.y_at(j, right)
+        a_lo, b_lo = ea.x_lo[i], eb.x_lo[j]
+        left = np.maximum(a_lo, b_lo)
+        width = np.minimum(ea.x_hi[i], eb.x_hi[j]) - left
+        keep = np.flatnonzero(width > 0)  # x-ranges overlap (never a vertical edge)
+        pair, i, j, left, width, a_lo, b_lo = pair[keep], i[keep], j[keep], left[keep], width[keep], a_lo[keep], b_lo[keep]
+        a_slope, b_slope = ea.slope[i], eb.slope[j]
+        pl = ea.y_lo[i] + a_slope * (left - a_lo)  # each segment's height at the ends of the common range
+        ql = eb.y_lo[j] + b_slope * (left - b_lo)
+        pr, qr = pl + a_slope * width, ql + b_slope * width
         dl, dr = pl - ql, pr - qr
         with np.errstate(divide="ignore", invalid="ignore"):
-            # The integral of |p - q| over [left, right], p - q linear: split where it changes sign.
+            # The integral of |p - q| over the range, p - q linear: split where it changes sign.
             abs_gap = np.where(dl * dr >= 0, np.abs(dl + dr) / 2, (dl * dl + dr * dr) / (2 * (np.abs(dl) + np.abs(dr))))
-        under_lower = (right - left) * ((pl + pr + ql + qr) / 4 - y0[lo:hi][pair] - abs_gap / 2)
+        under_lower = width * ((pl + pr + ql + qr) / 4 - y0[lo:hi][pair] - abs_gap / 2)
         out[lo:hi] += np.bincount(pair, ea.weight[i] * eb.weight[j] * under_lower, minlength=hi - lo)
     return np.maximum(out, 0.0)

@@ -24,6 +24,10 @@ from jobs.evaluate.geometry import Polygons
 # -- COCO schemas, decoded straight into typed objects (msgspec validates while it parses) -------
 
 
+# A segmentation stays raw JSON while a file is decoded; `_polygons` decodes it in chunks of rows.
+NO_SEGMENTATION = msgspec.Raw(b"null")
+
+
 # gc=False: these hold no cycles, so the cyclic collector need not track (and rescan) them.
 class CocoImage(msgspec.Struct, gc=False):
     id: int | str
@@ -35,7 +39,7 @@ class CocoAnnotation(msgspec.Struct, gc=False):
     category_id: int | str
     bbox: list[float] | None = None
     iscrowd: int | bool = 0
-    segmentation: list[list[float]] | dict | None = None
+    segmentation: msgspec.Raw = NO_SEGMENTATION
 
 
 class CocoCategory(msgspec.Struct):
@@ -54,7 +58,7 @@ class CocoResult(msgspec.Struct, gc=False):
     category_id: int | str
     score: float
     bbox: list[float] | None = None
-    segmentation: list[list[float]] | dict | None = None
+    segmentation: msgspec.Raw = NO_SEGMENTATION
 
 
 # -- the normalised form ---------------------------------------------------------------------------
@@ -195,13 +199,39 @@ def _check_boxes(boxes: np.ndarray, uri: str, locate) -> None:
         raise InputDataError(f"{uri}: {locate(bad[0])}: negative box width or height {boxes[bad[0]].tolist()}")
 
 
-def _polygons(segmentations: list, uri: str, where: str) -> Polygons | None:
+# Polygons (lists of x, y lists), RLE (a dict) or nothing, for every row of a chunk.
+_SEGMENTATIONS = msgspec.json.Decoder(list[list[list[float]] | dict | None])
+_SEGMENTATION = msgspec.json.Decoder(list[list[float]] | dict | None)
+_ROWS_PER_CHUNK = 2000
+
+
+def _polygons(segmentations: list[msgspec.Raw], uri: str, where: str) -> Polygons | None:
     """Every row's polygon parts as one `Polygons`; None when no row has a polygon.
 
-    RLE (dict) segmentations and rows without one have no parts; matching uses the row's box.
+    The segmentations were kept as raw JSON while the file was decoded. Decoded here a few
+    thousand rows at a time and flattened into arrays at once, their Python floats reuse memory
+    the allocator already holds: twice as fast as decoding every coordinate of a file together.
+    RLE (dict) and missing segmentations have no parts; matching uses the row's box for them.
     """
-    if segmentations.count(None) == len(segmentations) or all(s is None or isinstance(s, dict) for s in segmentations):
+    if segmentations.count(NO_SEGMENTATION) == len(segmentations):
         return None
+    polygons = Polygons.concatenate([
+        _polygon_chunk(segmentations[start:start + _ROWS_PER_CHUNK], start, uri, where)
+        for start in range(0, len(segmentations), _ROWS_PER_CHUNK)
+    ])
+    return polygons if polygons.part_start.size > 1 else None
+
+
+def _polygon_chunk(raws: list[msgspec.Raw], first_row: int, uri: str, where: str) -> Polygons:
+    try:
+        segmentations = _SEGMENTATIONS.decode(b"[" + b",".join(raws) + b"]")
+    except msgspec.ValidationError:
+        for i, raw in enumerate(raws):  # name the row
+            try:
+                _SEGMENTATION.decode(raw)
+            except msgspec.ValidationError as exc:
+                raise InputDataError(f"{uri}: {where}[{first_row + i}].segmentation: {_describe_validation(exc)}") from None
+        raise
     # All parts of all rows as one flat array, checked at once.
     rows = [seg if isinstance(seg, list) else [] for seg in segmentations]
     n_parts = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
@@ -213,7 +243,7 @@ def _polygons(segmentations: list, uri: str, where: str) -> Polygons | None:
     nonfinite = nonfinite_before[ends] - nonfinite_before[ends - sizes]
     bad = np.flatnonzero((sizes < 6) | (sizes % 2 == 1) | (nonfinite > 0))
     if bad.size:
-        row = int(np.searchsorted(np.cumsum(n_parts), bad[0], side="right"))
+        row = first_row + int(np.searchsorted(np.cumsum(n_parts), bad[0], side="right"))
         raise InputDataError(f"{uri}: {where}[{row}].segmentation: a polygon needs >= 3 finite x, y pairs")
     return Polygons.from_flat(flat, sizes, n_parts)
 
