@@ -15,7 +15,7 @@ import functools
 import hashlib
 import os
 import tempfile
-from dataclasses import dataclass
+import threading
 from pathlib import Path
 
 from common.errors import InputDataError, StorageError
@@ -25,11 +25,28 @@ class AlreadyExists(StorageError):
     """A conditional write found the object already there."""
 
 
-@dataclass(frozen=True)
 class Blob:
-    uri: str
-    data: bytes
-    version: str  # "etag:<etag>" on S3, "sha256:<hex>" on disk
+    """An object's bytes and version: "etag:<etag>" on S3, "sha256:<hex>" on disk.
+
+    The digest of a large file is computed on a thread while the caller decodes the bytes
+    (hashlib releases the GIL); reading `version` waits for it.
+    """
+
+    def __init__(self, uri: str, data: bytes, version: str | None = None):
+        self.uri, self.data, self._version = uri, data, version
+        self._hashing = None
+        if version is None:
+            self._hashing = threading.Thread(target=self._hash, name="sha256", daemon=True)
+            self._hashing.start()
+
+    def _hash(self) -> None:
+        self._version = f"sha256:{hashlib.sha256(self.data).hexdigest()}"
+
+    @property
+    def version(self) -> str:
+        if self._hashing is not None:
+            self._hashing.join()
+        return self._version
 
 
 def is_s3(uri: str) -> bool:
@@ -118,7 +135,7 @@ def read(uri: str) -> Blob:
         raise InputDataError(f"{uri}: is a directory, expected a file") from None
     except OSError as exc:
         raise StorageError(f"{uri}: cannot read: {exc.strerror}") from None
-    return Blob(uri, data, f"sha256:{hashlib.sha256(data).hexdigest()}")
+    return Blob(uri, data)  # versioned by its sha256
 
 
 def exists(uri: str) -> bool:

@@ -183,14 +183,14 @@ class _Rings:
         # cross product keeps its sign) and the ring winds around c once. Then the edges lie in
         # disjoint angular sectors and cannot cross. Zero-length edges (repeated vertices) are
         # neutral. Rows without it (not star-shaped, or not simple) are asked of GEOS if needed.
-        with np.errstate(divide="ignore", invalid="ignore"):
+        with np.errstate(divide="ignore", invalid="ignore"):  # a ring without area has no centroid (NaN)
             cx = np.repeat(np.bincount(part_of, (rx0 + rx1) * cross, minlength=n_parts) / (3 * area2), part_len)
             cy = np.repeat(np.bincount(part_of, (ry0 + ry1) * cross, minlength=n_parts) / (3 * area2), part_len)
-        ax, ay, bx, by = rx0 - cx, (ry0 - cy) * turning, rx1 - cx, (ry1 - cy) * turning  # y mirrored: all rings turn left
-        size = np.repeat(np.abs(area2), part_len)
-        still = (ax == bx) & (ay == by)
-        bad_turns = np.bincount(part_of, ~((ax * by - ay * bx > 1e-12 * size) | still), minlength=n_parts)
-        windings = np.bincount(part_of, (ay < 0) & (by >= 0), minlength=n_parts)  # crossings of the ray c + (t, 0)
+            ax, ay, bx, by = rx0 - cx, (ry0 - cy) * turning, rx1 - cx, (ry1 - cy) * turning  # y mirrored: all turn left
+            size = np.repeat(np.abs(area2), part_len)
+            still = (ax == bx) & (ay == by)
+            bad_turns = np.bincount(part_of, ~((ax * by - ay * bx > 1e-12 * size) | still), minlength=n_parts)
+            windings = np.bincount(part_of, (ay < 0) & (by >= 0), minlength=n_parts)  # crossings of the ray c + (t, 0)
         star = (bad_turns == 0) & (windings == 1) & (orientation != 0)
         self.one_part = np.diff(row_start) == 1
         part = row_start[:-1][self.one_part]

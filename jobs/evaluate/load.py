@@ -10,6 +10,7 @@ from __future__ import annotations
 import gc
 import io
 import itertools
+import operator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from operator import attrgetter
@@ -28,6 +29,9 @@ from jobs.evaluate.geometry import Polygons
 NO_SEGMENTATION = msgspec.Raw(b"null")
 
 
+Box = tuple[float, float, float, float]  # x, y, width, height; a tuple is one allocation, a list two
+
+
 # gc=False: these hold no cycles, so the cyclic collector need not track (and rescan) them.
 class CocoImage(msgspec.Struct, gc=False):
     id: int | str
@@ -37,7 +41,7 @@ class CocoImage(msgspec.Struct, gc=False):
 class CocoAnnotation(msgspec.Struct, gc=False):
     image_id: int | str
     category_id: int | str
-    bbox: list[float] | None = None
+    bbox: Box | None = None
     iscrowd: int | bool = 0
     segmentation: msgspec.Raw = NO_SEGMENTATION
 
@@ -57,7 +61,7 @@ class CocoResult(msgspec.Struct, gc=False):
     image_id: int | str
     category_id: int | str
     score: float
-    bbox: list[float] | None = None
+    bbox: Box | None = None
     segmentation: msgspec.Raw = NO_SEGMENTATION
 
 
@@ -108,14 +112,14 @@ def detect_format(blob: Blob, requested: str) -> str:
     for ext, fmt in _EXTENSIONS.items():
         if name.endswith(ext) or name.endswith(ext + ".gz"):
             return fmt
-    head = blob.data.lstrip()[:1]
+    head = blob.data[:64].lstrip()[:1]
     if head in (b"[", b"{"):
         return "coco"
     raise InputDataError(f"{blob.uri}: cannot tell the format from the name or content; set EVAL_FORMAT")
 
 
 def _check_not_empty(blob: Blob) -> None:
-    if not blob.data.strip():
+    if not blob.data or blob.data.isspace():  # strip() would copy the whole file
         raise InputDataError(f"{blob.uri}: the file is empty")
 
 
@@ -166,26 +170,37 @@ def _gc_paused():
 
 def _codes(values: list) -> tuple[np.ndarray, list]:
     """Integer codes into the unique values, keeping ints and strings apart (id 1 != name '1')."""
-    if values and set(map(type, values)) == {int}:  # the common case: all COCO ids are ints
-        try:
-            return _int_codes(np.array(values, dtype=np.int64))
-        except OverflowError:
-            pass
     keyed = [(type(v) is str, v) for v in values]
     uniques = sorted(set(keyed))
     index = {u: i for i, u in enumerate(uniques)}
     return np.fromiter((index[k] for k in keyed), dtype=np.int64, count=len(keyed)), [u[1] for u in uniques]
 
 
-def _boxes(bboxes: list, uri: str, where: str) -> np.ndarray:
-    boxes = None
-    if None not in bboxes and set(map(len, bboxes)) == {4}:  # flattening is 2x faster than np.array of nested lists
-        boxes = np.fromiter(itertools.chain.from_iterable(bboxes), dtype=np.float64, count=4 * len(bboxes)).reshape(-1, 4)
-    if boxes is None or boxes.ndim != 2 or boxes.shape[1] != 4:
-        for i, b in enumerate(bboxes):
-            if b is None or len(b) != 4:
-                raise InputDataError(f"{uri}: {where}[{i}].bbox: expected [x, y, width, height], got {b!r}")
-        raise InputDataError(f"{uri}: {where}: malformed bbox values")
+def _id_codes(objects: list, field: str) -> tuple[np.ndarray, list]:
+    """`_codes` of one id field of decoded objects; int ids (COCO's usual) go straight into int64.
+
+    operator.index refuses strings, which numpy would otherwise parse ('12' must stay apart from 12).
+    """
+    try:
+        ids = np.fromiter(map(operator.index, map(attrgetter(field), objects)), dtype=np.int64, count=len(objects))
+    except (TypeError, OverflowError):  # a string id, or an int beyond int64
+        return _codes(list(map(attrgetter(field), objects)))
+    return _int_codes(ids)
+
+
+def _box_column(objects: list, uri: str, where: str, *, optional: bool) -> np.ndarray | None:
+    """(n, 4) boxes of decoded objects (msgspec checked each is 4 numbers, or null). With
+    `optional`, all rows without a box give None; otherwise a missing box is an error."""
+    try:
+        boxes = np.fromiter(itertools.chain.from_iterable(map(attrgetter("bbox"), objects)), dtype=np.float64,
+                            count=4 * len(objects)).reshape(-1, 4)
+    except TypeError:  # a null box
+        bboxes = list(map(attrgetter("bbox"), objects))
+        missing = bboxes.index(None)
+        if optional and bboxes.count(None) == len(bboxes):
+            return None
+        detail = "has no bbox while other results do" if optional else "has no bbox"
+        raise InputDataError(f"{uri}: {where}[{missing}] {detail}") from None
     _check_boxes(boxes, uri, lambda i: f"{where}[{i}].bbox")
     return boxes
 
@@ -252,17 +267,14 @@ def read_coco_ground_truth(blob: Blob) -> Table:
     with _gc_paused():
         gt = _decode_json(blob, CocoGroundTruth)
         anns = gt.annotations
-        image_codes, image_refs = _codes(list(map(attrgetter("image_id"), anns)))
-        category_codes, category_refs = _codes(list(map(attrgetter("category_id"), anns)))
-        bboxes = list(map(attrgetter("bbox"), anns))
-        if None in bboxes:
-            raise InputDataError(f"{blob.uri}: annotations[{bboxes.index(None)}] has no bbox")
-        boxes = _boxes(bboxes, blob.uri, "annotations") if anns else np.zeros((0, 4))
+        image_codes, image_refs = _id_codes(anns, "image_id")
+        category_codes, category_refs = _id_codes(anns, "category_id")
+        boxes = _box_column(anns, blob.uri, "annotations", optional=False)
         polygons = _polygons(list(map(attrgetter("segmentation"), anns)), blob.uri, "annotations")
         iscrowd = np.fromiter(map(bool, map(attrgetter("iscrowd"), anns)), dtype=bool, count=len(anns))
         images, categories = gt.images, gt.categories
         # Free the decoded objects while the GC is paused: re-enabled, it would scan them all once.
-        del gt, anns, bboxes
+        del gt, anns
     return Table(
         uri=blob.uri, format="coco", version=blob.version,
         image_codes=image_codes, image_refs=image_refs,
@@ -276,18 +288,11 @@ def read_coco_results(blob: Blob) -> Table:
     with _gc_paused():
         results = _decode_json(blob, list[CocoResult])
         n = len(results)
-        image_codes, image_refs = _codes(list(map(attrgetter("image_id"), results)))
-        category_codes, category_refs = _codes(list(map(attrgetter("category_id"), results)))
+        image_codes, image_refs = _id_codes(results, "image_id")
+        category_codes, category_refs = _id_codes(results, "category_id")
         score = np.fromiter(map(attrgetter("score"), results), dtype=np.float64, count=n)
         _check_scores(score, blob.uri, lambda i: f"[{i}].score")
-        bboxes = list(map(attrgetter("bbox"), results))
-        missing = bboxes.count(None)
-        boxes = None
-        if missing < n:
-            if missing:
-                raise InputDataError(f"{blob.uri}: [{bboxes.index(None)}] has no bbox while other results do")
-            boxes = _boxes(bboxes, blob.uri, "")
-        del bboxes
+        boxes = _box_column(results, blob.uri, "", optional=True)
         polygons = _polygons(list(map(attrgetter("segmentation"), results)), blob.uri, "")
         # Free the decoded objects while the GC is paused: re-enabled, it would scan them all once.
         del results

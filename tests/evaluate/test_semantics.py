@@ -143,3 +143,16 @@ def test_report_is_invariant_to_prediction_order(tmp_path, monkeypatch):
     (tmp_path / "r").mkdir()
     b = evaluate(monkeypatch, *reversed(write_case(tmp_path / "r", gt, dets[::-1])))
     assert [c.model_dump() for c in a.classes] == [c.model_dump() for c in b.classes]
+
+
+def test_string_image_ids_stay_apart_from_int_ids(tmp_path, monkeypatch):
+    """COCO image 12 and image "12" are different images (ids are read as ints only when all are)."""
+    gt = {"images": [{"id": 12, "file_name": "a.jpg"}, {"id": "12", "file_name": "b.jpg"}],
+          "annotations": [{"id": 1, "image_id": 12, "category_id": 1, "bbox": [0, 0, 10, 10], "iscrowd": 0},
+                          {"id": 2, "image_id": "12", "category_id": 1, "bbox": [50, 50, 10, 10], "iscrowd": 0}],
+          "categories": [{"id": 1, "name": "car"}]}
+    dets = [{"image_id": 12, "category_id": 1, "bbox": [50, 50, 10, 10], "score": 0.9},  # a miss: that box is on "12"
+            {"image_id": "12", "category_id": 1, "bbox": [50, 50, 10, 10], "score": 0.8}]  # a hit
+    gt_path, det_path = write_case(tmp_path, gt, dets)
+    car = evaluate(monkeypatch, det_path, gt_path).classes[0]
+    assert car.average_precision == pytest.approx(0.5 * 51 / 101)  # the false positive ranks first
