@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from jobs.evaluate.align import Aligned
-from jobs.evaluate.match import Matches, descending_rank, stable_order
+from jobs.evaluate.match import Matches, descending_rank, radix_argsort, stable_order
 from jobs.evaluate.report import ClassResult, Summary
 from jobs.evaluate.sweep import Sweep, average_precision, choose_operating_point, sweep_thresholds
 
@@ -84,7 +84,7 @@ def evaluate_classes(aligned: Aligned, matches: Matches, *, policy: str, min_sup
     n_gt, n_pred = data.n_gt, data.n_pred
     # The pooled sweep over classes with ground truth gives the fallback for thin classes.
     pooled = np.flatnonzero(n_gt[aligned.det.cls[data.order]] > 0)
-    pooled = pooled[np.argsort(data.rank[0][data.order[pooled]], kind="stable")]  # by descending score, stable
+    pooled = pooled[radix_argsort(data.rank[0][data.order[pooled]], data.rank[1])]  # by descending score, stable
     global_sweep = sweep_thresholds(data.score[pooled], data.tp[pooled], int(n_gt.sum()))
     g_idx = choose_operating_point(global_sweep, policy)
     global_threshold = None if g_idx is None else float(global_sweep.thresholds[g_idx])

@@ -62,8 +62,21 @@ def stable_order(*keys: tuple[np.ndarray, int]) -> np.ndarray:
         combined = np.zeros(keys[0][0].size, dtype=np.int64)
         for values, size in keys:
             combined = combined * max(size, 1) + values
-        return np.argsort(combined, kind="stable")
+        return radix_argsort(combined, span)
     return np.lexsort([values for values, _ in reversed(keys)])
+
+
+def radix_argsort(values: np.ndarray, span: int) -> np.ndarray:
+    """Stable argsort of int64 values in [0, span): by 16-bit digits, least significant first.
+
+    numpy's stable sort of 16-bit integers is a radix sort; on int64 it is a timsort, which took
+    twice as long on the reference case's 490,000 keys as these passes together.
+    """
+    order = np.arange(values.size)
+    for shift in range(0, max(int(span - 1).bit_length(), 1), 16):
+        digits = ((values[order] >> shift) & 0xFFFF).astype(np.uint16)
+        order = order[np.argsort(digits, kind="stable")]
+    return order
 
 
 def _group_order(group: np.ndarray, n_groups: int, secondary: np.ndarray, n_secondary: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
