@@ -100,12 +100,6 @@ class Polygons:
         part_hi[empty] = part_lo[empty] + 1
         return self._gather(part_lo, part_hi, part_start, np.concatenate([self.xy, corners]))
 
-    def rows_as_lists(self) -> list[list[np.ndarray]]:
-        """Per row, its parts as flat (x0, y0, ...) arrays (views)."""
-        flat = self.xy.reshape(-1)
-        parts = [flat[2 * a:2 * b] for a, b in zip(self.part_start[:-1].tolist(), self.part_start[1:].tolist())]
-        return [parts[a:b] for a, b in zip(self.row_start[:-1].tolist(), self.row_start[1:].tolist())]
-
 
 def make_polygons(polys: Polygons, rows: np.ndarray | None = None):
     """shapely geometries of the given rows (all by default), made valid: self-intersecting
