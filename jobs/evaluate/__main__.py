@@ -17,6 +17,7 @@ from pathlib import Path
 
 from common.cli import make_parser, run_job
 from common.errors import Preempted
+from common.memory import keep_freed_memory
 from jobs.evaluate import __doc__ as RUNBOOK
 from jobs.evaluate.job import run
 from jobs.evaluate.settings import EvalSettings
@@ -48,4 +49,5 @@ def main(argv: list[str] | None = None) -> int:
 if __name__ == "__main__":
     gc.freeze()
     gc.enable()
+    keep_freed_memory()  # numpy temporaries reuse memory instead of faulting fresh pages in
     sys.exit(main())
