@@ -11,6 +11,7 @@ import gc
 import io
 import itertools
 import operator
+import re
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from operator import attrgetter
@@ -134,9 +135,13 @@ def _decode_json(blob: Blob, schema):
         raise InputDataError(f"{blob.uri}: not valid JSON: {exc}{hint}") from None
 
 
-def _describe_validation(exc: msgspec.ValidationError) -> str:
-    # msgspec says e.g. "Expected `float`, got `str` - at `$[12].score`"; `$[12]` is row 12 (0-based).
-    return str(exc).replace(" - at `$", " at `")
+def _describe_validation(exc: msgspec.ValidationError, first_row: int = 0) -> str:
+    # msgspec says e.g. "Expected `float`, got `str` - at `$[12].score`": row 12 (0-based) of
+    # what it decoded, which starts at row `first_row` of the file.
+    text = str(exc)
+    if first_row:
+        text = re.sub(r"`\$\[(\d+)\]", lambda m: f"`$[{first_row + int(m.group(1))}]", text)
+    return text.replace(" - at `$", " at `")
 
 
 # -- COCO ------------------------------------------------------------------------------------------
@@ -176,19 +181,23 @@ def _codes(values: list) -> tuple[np.ndarray, list]:
     return np.fromiter((index[k] for k in keyed), dtype=np.int64, count=len(keyed)), [u[1] for u in uniques]
 
 
-def _id_codes(objects: list, field: str) -> tuple[np.ndarray, list]:
-    """`_codes` of one id field of decoded objects; int ids (COCO's usual) go straight into int64.
-
-    operator.index refuses strings, which numpy would otherwise parse ('12' must stay apart from 12).
-    """
+def _ids(objects: list, field: str) -> np.ndarray | list:
+    """One id field of decoded objects: int64 when every id is an int (COCO's usual), else the
+    values as decoded. operator.index refuses strings, which numpy would parse ('12' is not 12)."""
     try:
-        ids = np.fromiter(map(operator.index, map(attrgetter(field), objects)), dtype=np.int64, count=len(objects))
+        return np.fromiter(map(operator.index, map(attrgetter(field), objects)), dtype=np.int64, count=len(objects))
     except (TypeError, OverflowError):  # a string id, or an int beyond int64
-        return _codes(list(map(attrgetter(field), objects)))
-    return _int_codes(ids)
+        return list(map(attrgetter(field), objects))
 
 
-def _box_column(objects: list, uri: str, where: str, *, optional: bool) -> np.ndarray | None:
+def _id_codes(parts: list) -> tuple[np.ndarray, list]:
+    """`_codes` of ids read in parts (each from `_ids`)."""
+    if all(isinstance(part, np.ndarray) for part in parts):
+        return _int_codes(np.concatenate(parts) if parts else np.zeros(0, np.int64))
+    return _codes([v for part in parts for v in (part.tolist() if isinstance(part, np.ndarray) else part)])
+
+
+def _box_column(objects: list, uri: str, where: str, *, optional: bool, first_row: int = 0) -> np.ndarray | None:
     """(n, 4) boxes of decoded objects (msgspec checked each is 4 numbers, or null). With
     `optional`, all rows without a box give None; otherwise a missing box is an error."""
     try:
@@ -196,12 +205,11 @@ def _box_column(objects: list, uri: str, where: str, *, optional: bool) -> np.nd
                             count=4 * len(objects)).reshape(-1, 4)
     except TypeError:  # a null box
         bboxes = list(map(attrgetter("bbox"), objects))
-        missing = bboxes.index(None)
         if optional and bboxes.count(None) == len(bboxes):
             return None
         detail = "has no bbox while other results do" if optional else "has no bbox"
-        raise InputDataError(f"{uri}: {where}[{missing}] {detail}") from None
-    _check_boxes(boxes, uri, lambda i: f"{where}[{i}].bbox")
+        raise InputDataError(f"{uri}: {where}[{first_row + bboxes.index(None)}] {detail}") from None
+    _check_boxes(boxes, uri, lambda i: f"{where}[{first_row + i}].bbox")
     return boxes
 
 
@@ -267,8 +275,8 @@ def read_coco_ground_truth(blob: Blob) -> Table:
     with _gc_paused():
         gt = _decode_json(blob, CocoGroundTruth)
         anns = gt.annotations
-        image_codes, image_refs = _id_codes(anns, "image_id")
-        category_codes, category_refs = _id_codes(anns, "category_id")
+        image_codes, image_refs = _id_codes([_ids(anns, "image_id")])
+        category_codes, category_refs = _id_codes([_ids(anns, "category_id")])
         boxes = _box_column(anns, blob.uri, "annotations", optional=False)
         polygons = _polygons(list(map(attrgetter("segmentation"), anns)), blob.uri, "annotations")
         iscrowd = np.fromiter(map(bool, map(attrgetter("iscrowd"), anns)), dtype=bool, count=len(anns))
@@ -284,25 +292,62 @@ def read_coco_ground_truth(blob: Blob) -> Table:
     )
 
 
+_RESULTS = msgspec.json.Decoder(list[CocoResult])
+_RESULTS_PER_CHUNK = 2000
+
+
+@dataclass
+class _Results:
+    """Columns of a chunk of COCO results that starts at row `first` of the file."""
+
+    first: int
+    image_ids: np.ndarray | list
+    category_ids: np.ndarray | list
+    score: np.ndarray
+    boxes: np.ndarray | None  # None: no result of the chunk has a box
+    segmentations: list[msgspec.Raw]
+
+
 def read_coco_results(blob: Blob) -> Table:
+    """COCO results, decoded in chunks of a few thousand.
+
+    A first pass takes each result's raw JSON (and checks the file's syntax); each chunk is then
+    decoded into typed objects and straight into columns. A chunk's Python objects reuse the
+    memory of the one before, so memory stays bounded (the 71 MB benchmark file: 180 MB peak
+    instead of 310 MB) and far fewer fresh pages are faulted in.
+    """
     with _gc_paused():
-        results = _decode_json(blob, list[CocoResult])
-        n = len(results)
-        image_codes, image_refs = _id_codes(results, "image_id")
-        category_codes, category_refs = _id_codes(results, "category_id")
-        score = np.fromiter(map(attrgetter("score"), results), dtype=np.float64, count=n)
-        _check_scores(score, blob.uri, lambda i: f"[{i}].score")
-        boxes = _box_column(results, blob.uri, "", optional=True)
-        polygons = _polygons(list(map(attrgetter("segmentation"), results)), blob.uri, "")
-        # Free the decoded objects while the GC is paused: re-enabled, it would scan them all once.
-        del results
+        raws = _decode_json(blob, list[msgspec.Raw])
+        chunks = [_results(raws[first:first + _RESULTS_PER_CHUNK], first, blob.uri)
+                  for first in range(0, len(raws), _RESULTS_PER_CHUNK)]
+        del raws
+        polygons = _polygons([seg for chunk in chunks for seg in chunk.segmentations], blob.uri, "")
+    image_codes, image_refs = _id_codes([chunk.image_ids for chunk in chunks])
+    category_codes, category_refs = _id_codes([chunk.category_ids for chunk in chunks])
+    score = np.concatenate([chunk.score for chunk in chunks]) if chunks else np.zeros(0)
+    boxless = [chunk for chunk in chunks if chunk.boxes is None]
+    if boxless and len(boxless) < len(chunks):
+        raise InputDataError(f"{blob.uri}: [{boxless[0].first}] has no bbox while other results do")
+    boxes = np.concatenate([chunk.boxes for chunk in chunks]) if chunks and not boxless else None
     return Table(
         uri=blob.uri, format="coco", version=blob.version,
         image_codes=image_codes, image_refs=image_refs,
         category_codes=category_codes, category_refs=category_refs,
         score=score, boxes=boxes, polygons=polygons,
-        iscrowd=np.zeros(n, dtype=bool), is_coco=True,
+        iscrowd=np.zeros(score.size, dtype=bool), is_coco=True,
     )
+
+
+def _results(raws: list[msgspec.Raw], first: int, uri: str) -> _Results:
+    try:
+        results = _RESULTS.decode(b"[" + b",".join(raws) + b"]")
+    except msgspec.ValidationError as exc:
+        raise InputDataError(f"{uri}: {_describe_validation(exc, first)}") from None
+    score = np.fromiter(map(attrgetter("score"), results), dtype=np.float64, count=len(results))
+    _check_scores(score, uri, lambda i: f"[{first + i}].score")
+    return _Results(first, _ids(results, "image_id"), _ids(results, "category_id"), score,
+                    _box_column(results, uri, "", optional=True, first_row=first),
+                    list(map(attrgetter("segmentation"), results)))
 
 
 def _check_scores(score: np.ndarray, uri: str, locate) -> None:

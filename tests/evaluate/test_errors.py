@@ -76,6 +76,28 @@ def test_bad_coco_json(case, job_env, tmp_path):
     assert_clean_failure(proc, ExitCode.INPUT_DATA, "annotations.json", *needles, out=tmp_path / "out")
 
 
+LATE_ROW = 4321  # results are decoded in chunks: a bad row deep in the file is still named by its place
+
+
+BAD_RESULTS = {
+    "score not a number": (lambda d: {**d, "score": "high"}, ["[4321].score", "Expected `float`"]),
+    "box missing": (lambda d: {k: v for k, v in d.items() if k != "bbox"}, ["[4321] has no bbox while other results do"]),
+    "polygon too short": (lambda d: {**d, "segmentation": [[1, 2, 3, 4]]}, ["[4321].segmentation", ">= 3 finite x, y"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_RESULTS))
+def test_bad_coco_results_deep_in_the_file(case, job_env, tmp_path):
+    mangle, needles = BAD_RESULTS[case]
+    gt = json.loads((SAMPLE / "annotations.json").read_text())
+    image, category = gt["images"][0]["id"], gt["categories"][0]["id"]
+    dets = [{"image_id": image, "category_id": category, "bbox": [1, 1, 5, 5], "score": 0.5}] * 6000
+    dets[LATE_ROW] = mangle(dets[LATE_ROW])
+    path = write(tmp_path, "predictions.json", json.dumps(dets))
+    proc = run_job(job_env, tmp_path, predictions_uri=path)
+    assert_clean_failure(proc, ExitCode.INPUT_DATA, "predictions.json", *needles, out=tmp_path / "out")
+
+
 def test_missing_file(job_env, tmp_path):
     proc = run_job(job_env, tmp_path, predictions_uri=str(tmp_path / "nope.csv"))
     assert_clean_failure(proc, ExitCode.INPUT_DATA, "nope.csv", "no such file", out=tmp_path / "out")
