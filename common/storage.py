@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import mmap
 import os
 import tempfile
 import threading
@@ -26,13 +27,14 @@ class AlreadyExists(StorageError):
 
 
 class Blob:
-    """An object's bytes and version: "etag:<etag>" on S3, "sha256:<hex>" on disk.
+    """An object's bytes (or a read-only mapping of a file) and version: "etag:<etag>" on S3,
+    "sha256:<hex>" on disk.
 
     The digest of a large file is computed on a thread while the caller decodes the bytes
     (hashlib releases the GIL); reading `version` waits for it.
     """
 
-    def __init__(self, uri: str, data: bytes, version: str | None = None):
+    def __init__(self, uri: str, data: bytes | mmap.mmap, version: str | None = None):
         self.uri, self.data, self._version = uri, data, version
         self._hashing = None
         if version is None:
@@ -117,7 +119,10 @@ def _s3_call(uri: str, fn, **kwargs):
         raise _storage_error(uri, exc) from None
 
 
-def read(uri: str) -> Blob:
+def read(uri: str, *, mapped: bool = False) -> Blob:
+    """The whole object. With `mapped`, a local file is not copied: `data` is a read-only
+    mapping of its pages (taken in one go), for large inputs that are only parsed. Writers that
+    replace a file by renaming (as `write` does) leave a mapping of the old one intact."""
     if is_s3(uri):
         bucket, key = split_s3(uri)
         resp = _s3_call(uri, s3_client().get_object, Bucket=bucket, Key=key)
@@ -128,7 +133,7 @@ def read(uri: str) -> Blob:
         return Blob(uri, data, f"etag:{resp.get('ETag', '').strip(chr(34))}")
     path = Path(uri)
     try:
-        data = path.read_bytes()
+        data = _map(path) if mapped else path.read_bytes()
     except FileNotFoundError:
         raise InputDataError(f"{uri}: no such file") from None
     except IsADirectoryError:
@@ -136,6 +141,13 @@ def read(uri: str) -> Blob:
     except OSError as exc:
         raise StorageError(f"{uri}: cannot read: {exc.strerror}") from None
     return Blob(uri, data)  # versioned by its sha256
+
+
+def _map(path: Path) -> mmap.mmap | bytes:
+    with path.open("rb") as f:
+        if os.fstat(f.fileno()).st_size == 0:
+            return b""  # an empty file cannot be mapped
+        return mmap.mmap(f.fileno(), 0, flags=mmap.MAP_PRIVATE | getattr(mmap, "MAP_POPULATE", 0), prot=mmap.PROT_READ)
 
 
 def exists(uri: str) -> bool:

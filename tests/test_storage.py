@@ -1,5 +1,7 @@
 """common.storage against real S3 servers on loopback and the local disk."""
 
+import hashlib
+
 import pytest
 
 from common import storage
@@ -50,3 +52,18 @@ def test_local_write_is_atomic_and_conditional(tmp_path):
     assert [p.name for p in target.parent.iterdir()] == ["r.json"]  # no temp files left
     with pytest.raises(InputDataError, match="no such file"):
         storage.read(str(tmp_path / "missing.json"))
+
+
+@pytest.mark.parametrize("mapped", [False, True])
+def test_local_read_whole_or_mapped(tmp_path, mapped):
+    path = tmp_path / "data.json"
+    path.write_bytes(b'{"a": 1}' * 1000)
+    blob = storage.read(str(path), mapped=mapped)
+    assert bytes(blob.data) == path.read_bytes()
+    assert blob.version == "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
+    (tmp_path / "empty.json").write_bytes(b"")
+    assert bytes(storage.read(str(tmp_path / "empty.json"), mapped=mapped).data) == b""
+    with pytest.raises(InputDataError, match="no such file"):
+        storage.read(str(tmp_path / "nope.json"), mapped=mapped)
+    with pytest.raises(InputDataError, match="is a directory"):
+        storage.read(str(tmp_path), mapped=mapped)

@@ -120,7 +120,7 @@ def detect_format(blob: Blob, requested: str) -> str:
 
 
 def _check_not_empty(blob: Blob) -> None:
-    if not blob.data or blob.data.isspace():  # strip() would copy the whole file
+    if re.search(rb"\S", blob.data) is None:  # stops at the first non-space; strip() would copy the file
         raise InputDataError(f"{blob.uri}: the file is empty")
 
 
