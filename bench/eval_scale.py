@@ -395,7 +395,7 @@ def scaling(work: Path, base_images: int, scales: list[int], repeats: int) -> No
         print(f"   scaling exponent (slope of log time over log detections, {len(points)} points): {slope:.2f}")
         (n0, t0), (n1, t1) = points[-2], points[-1]
         print(f"   between the two largest scales: {np.log(t1 / t0) / np.log(n1 / n0):.2f} "
-              "(the fixed start-up, ~0.5 s, flattens the slope at the small end)")
+              "(the fixed start-up, ~0.3 s, flattens the slope at the small end)")
 
 
 def in_process_seconds(log: str) -> float:
