@@ -225,16 +225,17 @@ def _check_boxes(boxes: np.ndarray, uri: str, locate) -> None:
 # Polygons (lists of x, y lists), RLE (a dict) or nothing, for every row of a chunk.
 _SEGMENTATIONS = msgspec.json.Decoder(list[list[list[float]] | dict | None])
 _SEGMENTATION = msgspec.json.Decoder(list[list[float]] | dict | None)
+# Rows per chunk where a file is decoded in chunks: each chunk's Python objects reuse the memory
+# of the one before, instead of a whole file's objects faulting in fresh pages.
 _ROWS_PER_CHUNK = 2000
 
 
 def _polygons(segmentations: list[msgspec.Raw], uri: str, where: str) -> Polygons | None:
     """Every row's polygon parts as one `Polygons`; None when no row has a polygon.
 
-    The segmentations were kept as raw JSON while the file was decoded. Decoded here a few
-    thousand rows at a time and flattened into arrays at once, their Python floats reuse memory
-    the allocator already holds: twice as fast as decoding every coordinate of a file together.
-    RLE (dict) and missing segmentations have no parts; matching uses the row's box for them.
+    The segmentations were kept as raw JSON while the file was decoded; they are decoded here a
+    chunk of rows at a time and flattened into arrays. RLE (dict) and missing segmentations have
+    no parts; matching uses the row's box for them.
     """
     if segmentations.count(NO_SEGMENTATION) == len(segmentations):
         return None
@@ -293,7 +294,6 @@ def read_coco_ground_truth(blob: Blob) -> Table:
 
 
 _RESULTS = msgspec.json.Decoder(list[CocoResult])
-_RESULTS_PER_CHUNK = 2000
 
 
 @dataclass
@@ -309,17 +309,16 @@ class _Results:
 
 
 def read_coco_results(blob: Blob) -> Table:
-    """COCO results, decoded in chunks of a few thousand.
+    """COCO results, decoded in chunks of rows.
 
     A first pass takes each result's raw JSON (and checks the file's syntax); each chunk is then
-    decoded into typed objects and straight into columns. A chunk's Python objects reuse the
-    memory of the one before, so memory stays bounded (the 71 MB benchmark file: 180 MB peak
-    instead of 310 MB) and far fewer fresh pages are faulted in.
+    decoded into typed objects and straight into columns. Memory stays bounded: the job's peak
+    RSS on the 71 MB benchmark file went from 316 to 186 MiB, and it got faster.
     """
     with _gc_paused():
         raws = _decode_json(blob, list[msgspec.Raw])
-        chunks = [_results(raws[first:first + _RESULTS_PER_CHUNK], first, blob.uri)
-                  for first in range(0, len(raws), _RESULTS_PER_CHUNK)]
+        chunks = [_results(raws[first:first + _ROWS_PER_CHUNK], first, blob.uri)
+                  for first in range(0, len(raws), _ROWS_PER_CHUNK)]
         del raws
         polygons = _polygons([seg for chunk in chunks for seg in chunk.segmentations], blob.uri, "")
     image_codes, image_refs = _id_codes([chunk.image_ids for chunk in chunks])
