@@ -28,18 +28,19 @@ class AlreadyExists(StorageError):
 
 class Blob:
     """An object's bytes (or a read-only mapping of a file) and version: "etag:<etag>" on S3,
-    "sha256:<hex>" on disk.
-
-    The digest of a large file is computed on a thread while the caller decodes the bytes
-    (hashlib releases the GIL); reading `version` waits for it.
+    "sha256:<hex>" on disk, computed when first asked for. `hash_in_background` computes it on a
+    thread instead (hashlib releases the GIL), while the caller parses the bytes.
     """
 
     def __init__(self, uri: str, data: bytes | mmap.mmap, version: str | None = None):
         self.uri, self.data, self._version = uri, data, version
-        self._hashing = None
-        if version is None:
+        self._hashing: threading.Thread | None = None
+
+    def hash_in_background(self) -> Blob:
+        if self._version is None and self._hashing is None:
             self._hashing = threading.Thread(target=self._hash, name="sha256", daemon=True)
             self._hashing.start()
+        return self
 
     def _hash(self) -> None:
         self._version = f"sha256:{hashlib.sha256(self.data).hexdigest()}"
@@ -48,6 +49,8 @@ class Blob:
     def version(self) -> str:
         if self._hashing is not None:
             self._hashing.join()
+        elif self._version is None:
+            self._hash()
         return self._version
 
 

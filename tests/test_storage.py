@@ -60,7 +60,9 @@ def test_local_read_whole_or_mapped(tmp_path, mapped):
     path.write_bytes(b'{"a": 1}' * 1000)
     blob = storage.read(str(path), mapped=mapped)
     assert bytes(blob.data) == path.read_bytes()
-    assert blob.version == "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
+    digest = "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
+    assert blob.version == digest
+    assert storage.read(str(path), mapped=mapped).hash_in_background().version == digest
     (tmp_path / "empty.json").write_bytes(b"")
     assert bytes(storage.read(str(tmp_path / "empty.json"), mapped=mapped).data) == b""
     with pytest.raises(InputDataError, match="no such file"):

@@ -41,7 +41,7 @@ def load_inputs(settings: EvalSettings, log):
         ("predictions", settings.predictions_uri, settings.predictions_format or settings.format),
     ):
         t0 = time.perf_counter()
-        blob = storage.read(uri, mapped=True)
+        blob = storage.read(uri, mapped=True).hash_in_background()  # the digest overlaps the parsing
         fmt = detect_format(blob, fmt)
         tables[side] = (read_input(blob, fmt, settings.column, predictions=side == "predictions"), fmt)
         log.info("loaded", input=side, uri=uri, format=fmt, rows=tables[side][0].rows,
