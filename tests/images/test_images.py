@@ -95,6 +95,14 @@ def s3_env(server) -> dict[str, str]:
     return {"AWS_ENDPOINT_URL": server.endpoint_url, **CREDENTIALS}
 
 
+def sample_inputs_env(server, client, bucket: str, prefix: str) -> dict[str, str]:
+    """The sample's two inputs uploaded under `prefix`, and the S3 and EVAL_ variables that read them."""
+    for name in ("predictions.csv", "annotations.json"):
+        client.upload_file(str(SAMPLE / name), bucket, f"{prefix}/{name}")
+    return {**s3_env(server), "EVAL_PREDICTIONS_URI": f"s3://{bucket}/{prefix}/predictions.csv",
+            "EVAL_ANNOTATIONS_URI": f"s3://{bucket}/{prefix}/annotations.json"}
+
+
 def keys(client, bucket: str, prefix: str) -> list[str]:
     return sorted(o["Key"] for o in client.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", []))
 
@@ -158,11 +166,7 @@ def test_eval_image_ships_the_sample_and_runs_the_demo(eval_image):
 
 def test_eval_container_against_s3(eval_image, s3):
     server, client, bucket = s3
-    for name in ("predictions.csv", "annotations.json"):
-        client.upload_file(str(SAMPLE / name), bucket, f"inputs/{name}")
-    env = {**s3_env(server),
-           "EVAL_PREDICTIONS_URI": f"s3://{bucket}/inputs/predictions.csv",
-           "EVAL_ANNOTATIONS_URI": f"s3://{bucket}/inputs/annotations.json",
+    env = {**sample_inputs_env(server, client, bucket, "inputs"),
            "EVAL_OUTPUT_URI": f"s3://{bucket}/reports/run-1",
            "RUN_ID": "images-test-run-1"}
     out = run([*PODMAN_RUN, *env_flags(env), eval_image], timeout=300, check=False)
@@ -182,11 +186,7 @@ def test_eval_container_against_s3(eval_image, s3):
 def test_eval_container_scheduled_runs_compare_with_the_latest(eval_image, s3):
     """What the CronJob does: each run under runs/<RUN_ID>/, compared with the latest complete one."""
     server, client, bucket = s3
-    for name in ("predictions.csv", "annotations.json"):
-        client.upload_file(str(SAMPLE / name), bucket, f"nightly-inputs/{name}")
-    base = {**s3_env(server),
-            "EVAL_PREDICTIONS_URI": f"s3://{bucket}/nightly-inputs/predictions.csv",
-            "EVAL_ANNOTATIONS_URI": f"s3://{bucket}/nightly-inputs/annotations.json",
+    base = {**sample_inputs_env(server, client, bucket, "nightly-inputs"),
             "EVAL_OUTPUT_URI": f"s3://{bucket}/nightly", "EVAL_OUTPUT_LAYOUT": "runs",
             "EVAL_BASELINE_URI": "latest", "EVAL_PLOTS": "false"}
     for run_id in ("evaluate-nightly-1", "evaluate-nightly-2"):
