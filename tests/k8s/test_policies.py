@@ -93,7 +93,12 @@ def test_job_failure_and_lifetime_policy(doc, spec):
     assert isinstance(spec.get("backoffLimit"), int)
     assert spec.get("activeDeadlineSeconds", 0) > 0
     ttl = doc["spec"].get("ttlSecondsAfterFinished") if doc["kind"] == "JobSet" else spec.get("ttlSecondsAfterFinished")
-    assert ttl and ttl > 0
+    if doc["kind"] == "CronJob":
+        # A TTL would delete failed Jobs as early as successful ones: the history limits clean up.
+        assert ttl is None, "CronJob Jobs are cleaned up by the history limits, not a TTL"
+        assert doc["spec"]["failedJobsHistoryLimit"] > doc["spec"]["successfulJobsHistoryLimit"]
+    else:
+        assert ttl and ttl > 0
     rules = spec["podFailurePolicy"]["rules"]
     ignored = [r for r in rules if r["action"] == "Ignore" and r.get("onPodConditions")]
     assert any(c["type"] == "DisruptionTarget" and c["status"] == "True"
@@ -121,6 +126,9 @@ def test_pod_failure_policy_exit_codes_match_the_enum(doc, spec):
         assert all(code not in v for v in by_action.values()), code.name
     # Only a clean preemption (checkpoint written) is a free rerun.
     assert by_action.get("Ignore", set()) <= {ExitCode.PREEMPTED}
+    # Training that diverged diverges again: never retried.
+    if "train" in names:
+        assert ExitCode.DIVERGED in by_action.get("FailJob", set()), "DIVERGED=4 must fail the Job"
 
 
 @pytest.mark.parametrize(("doc", "pod"), list(workloads()))
