@@ -80,3 +80,18 @@ def test_kubernetes_section_names_real_overlays_and_the_cronjob():
     assert f"kubectl -n ml-batch-jobs create job --from=cronjob/{cron['metadata']['name']}" in text
     for path in re.findall(r"`(k8s/[\w./-]+\.yaml)`", text):
         assert (ROOT / path).exists(), path
+
+
+def test_compose_up_commands_watch_one_job_each():
+    """A bare `up --abort-on-container-exit` stops every service at the first exit (train is killed
+    when evaluate ends): each README/compose `up` must name the one job it waits for."""
+    root = Path(__file__).resolve().parents[2]
+    ups = [line for f in (root / "README.md", root / "docker" / "compose.yaml")
+           for line in f.read_text().splitlines() if "compose -f docker/compose.yaml up" in line]
+    assert ups
+    for line in ups:
+        args = line.split("up", 1)[1].split()
+        if "--exit-code-from" in args or "--abort-on-container-exit" in args:
+            assert "--exit-code-from" in args, line
+            job = args[args.index("--exit-code-from") + 1]
+            assert args[-1] == job, f"`up` must name only the service it exits with: {line}"
