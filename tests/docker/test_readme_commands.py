@@ -93,5 +93,6 @@ def test_compose_up_commands_watch_one_job_each():
         args = line.split("up", 1)[1].split()
         if "--exit-code-from" in args or "--abort-on-container-exit" in args:
             assert "--exit-code-from" in args, line
-            job = args[args.index("--exit-code-from") + 1]
-            assert args[-1] == job, f"`up` must name only the service it exits with: {line}"
+            value_at = args.index("--exit-code-from") + 1
+            services = [a for i, a in enumerate(args) if not a.startswith("-") and i != value_at]
+            assert services == [args[value_at]], f"`up` must name only the service it exits with: {line}"
