@@ -30,6 +30,13 @@ checkpoint, the job exits 75 (PREEMPTED); rerunning with the same TRAIN_OUTPUT_U
 
 from __future__ import annotations
 
+if __name__ == "__main__":
+    # First, before importing torch (seconds): a SIGTERM now is recorded and ends the run with 75
+    # once it starts, instead of killing the process by signal (143).
+    from common import preemption
+
+    preemption.record_sigterm()
+
 import json
 import platform
 import sys
