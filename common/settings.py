@@ -9,8 +9,8 @@ import os
 import textwrap
 from typing import TypeVar
 
-from pydantic import ValidationError
-from pydantic_settings import BaseSettings
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from common.errors import ConfigError
 
@@ -18,6 +18,12 @@ S = TypeVar("S", bound=BaseSettings)
 
 
 def env_name(cls: type[BaseSettings], field: str) -> str:
+    """The variable that sets `field` (or names it, when `field` is already an alias)."""
+    info = cls.model_fields.get(field)
+    if info is None and field.upper() in {str(f.validation_alias).upper() for f in cls.model_fields.values()}:
+        return field.upper()
+    if info is not None and isinstance(info.validation_alias, str):
+        return info.validation_alias.upper()  # a variable someone else owns, e.g. boto3's AWS_MAX_ATTEMPTS
     return f"{cls.model_config.get('env_prefix', '')}{field}".upper()
 
 
@@ -53,3 +59,45 @@ def settings_help(cls: type[BaseSettings], *, summary: str) -> str:
 def public_config(settings: BaseSettings) -> dict:
     """The effective settings for a report. Secrets are `SecretStr` fields, which dump masked."""
     return settings.model_dump(mode="json")
+
+
+def check_uri(value: str, *, needs_key: bool) -> str:
+    """A setting's URI: a local path, or s3://bucket/key (`needs_key`: an object, not a prefix).
+
+    An empty value would otherwise read the working directory ("is a directory") or write to
+    "/thresholds.json"; it is refused here, where the error can name the variable.
+    """
+    if not value.strip():
+        raise ValueError("must not be empty: give s3://bucket/key or a path")
+    if value.startswith("s3://"):
+        bucket, _, key = value[len("s3://"):].partition("/")
+        if not bucket:
+            raise ValueError("an s3:// URI needs a bucket: s3://bucket/key")
+        if needs_key and not key.strip("/"):
+            raise ValueError("names a bucket, not an object: s3://bucket/key")
+    return value
+
+
+class StorageSettings(BaseSettings):
+    """How every storage call of a run is bounded; shared by both jobs (`common.storage`).
+
+    Worst case of one call against a store that accepts connections and never answers, with the
+    defaults: AWS_MAX_ATTEMPTS x S3_READ_TIMEOUT + backoff (< 1 + 2 s) = 3 x 15 + 3 = 48 s.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="S3_", case_sensitive=False, extra="ignore")
+
+    connect_timeout: float = Field(
+        5.0, gt=0, le=600, description="Seconds to open a TCP connection to the S3 endpoint, per attempt.")
+    read_timeout: float = Field(
+        15.0, gt=0, le=600,
+        description="Seconds the S3 endpoint may stay silent (no byte sent or received) within one attempt; "
+        "then the attempt fails and is retried.")
+    deadline: float = Field(
+        900.0, gt=0, le=7 * 24 * 3600,
+        description="Seconds all of the run's storage calls may take together (time inside storage calls only, "
+        "retries included): a store that answers too slowly to ever finish (a byte at a time) ends the run with 74 "
+        "instead of hanging. Raise it for runs that move many GB, e.g. long trainings writing large checkpoints.")
+    max_attempts: int = Field(
+        3, ge=1, le=20, validation_alias="AWS_MAX_ATTEMPTS",
+        description="Requests per storage call in total (first try included); boto3's own variable.")

@@ -11,15 +11,21 @@ cannot be reached or refused the request), each naming the URI.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import functools
 import hashlib
 import mmap
 import os
-import tempfile
+import secrets
+import signal
 import threading
+import time
 from pathlib import Path
 
-from common.errors import InputDataError, StorageError
+from common import preemption
+from common.errors import ConfigError, InputDataError, JobError, StorageError
+from common.settings import StorageSettings, load_settings
 
 
 class AlreadyExists(StorageError):
@@ -73,11 +79,37 @@ def join(prefix: str, *parts: str) -> str:
     return out
 
 
+def configure(settings: StorageSettings) -> None:
+    """Bound every storage call of this run by `settings` (run_job calls it; else read from the
+    environment on first use). A new configuration starts a new deadline budget."""
+    global _settings, _spent
+    _settings, _spent = settings, 0.0
+    s3_client.cache_clear()
+
+
+def _current() -> StorageSettings:
+    global _settings
+    if _settings is None:
+        _settings = load_settings(StorageSettings)
+    return _settings
+
+
+_settings: StorageSettings | None = None
+_spent = 0.0  # seconds spent inside storage calls so far (S3_DEADLINE is their budget)
+_in_call = False  # the main thread is inside a bounded call: a SIGALRM is its deadline
+_deadline_hit: str | None = None  # the message, once the deadline ended a call
+
+
+class DeadlineExceeded(StorageError):
+    """The run's storage calls used up S3_DEADLINE."""
+
+
 @functools.cache
 def s3_client():
     import boto3
     from botocore.config import Config
 
+    settings = _current()
     custom_endpoint = bool(os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL"))
     config = Config(
         # boto3 >= 1.36 adds CRC checksums to every request by default; several S3-compatible
@@ -85,13 +117,70 @@ def s3_client():
         # operation requires one.
         request_checksum_calculation="when_required",
         response_checksum_validation="when_required",
-        retries={"mode": "standard", "max_attempts": int(os.environ.get("AWS_MAX_ATTEMPTS", "3"))},
-        connect_timeout=float(os.environ.get("S3_CONNECT_TIMEOUT", "5")),
-        read_timeout=60,
+        # total_max_attempts counts the first try; botocore's `max_attempts` key counts retries
+        # (3 meant 4 requests).
+        retries={"mode": "standard", "total_max_attempts": settings.max_attempts},
+        connect_timeout=settings.connect_timeout,
+        read_timeout=settings.read_timeout,
         # Self-hosted stores rarely have wildcard DNS for virtual-hosted buckets.
         s3={"addressing_style": "path"} if custom_endpoint else None,
     )
-    return boto3.session.Session().client("s3", config=config)
+    client = boto3.session.Session().client("s3", config=config)
+    # First among the retry handlers: botocore wraps whatever interrupted its HTTP send (the
+    # SIGTERM's Preempted, the deadline's alarm) into HTTPClientError and would retry it.
+    client.meta.events.register_first("needs-retry.s3", _refuse_retry_when_aborted)
+    return client
+
+
+def _refuse_retry_when_aborted(**_) -> None:
+    _raise_if_aborted()  # returning None leaves the decision to botocore's standard handler
+
+
+def _raise_if_aborted() -> None:
+    preemption.raise_if_requested()
+    if _deadline_hit is not None:
+        raise DeadlineExceeded(_deadline_hit)
+
+
+def _on_alarm(signum, frame) -> None:
+    global _deadline_hit
+    if _in_call and _deadline_hit is None:
+        _deadline_hit = (f"storage deadline exceeded: the run's storage calls took S3_DEADLINE="
+                         f"{_current().deadline:g} s in total; the store answers too slowly or not at all")
+        raise DeadlineExceeded(_deadline_hit)
+
+
+@contextlib.contextmanager
+def _bounded(uri: str):
+    """Run one storage call within what is left of S3_DEADLINE, and stop for a SIGTERM.
+
+    The deadline is a SIGALRM timer, which interrupts a blocked socket read (a drip-feeding
+    store resets every per-read timeout). Signals reach the main thread only: calls made on other
+    threads are bounded by the per-attempt timeouts alone.
+    """
+    global _in_call, _spent, _deadline_hit
+    _raise_if_aborted()
+    if _in_call:  # nested (read -> _s3_call): the outer call holds the timer
+        yield
+        return
+    remaining = _current().deadline - _spent
+    if remaining <= 0:
+        _deadline_hit = _deadline_hit or f"storage deadline exceeded: S3_DEADLINE={_current().deadline:g} s used up"
+        raise DeadlineExceeded(f"{uri}: {_deadline_hit}")
+    on_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGALRM, _on_alarm) if on_main else None
+    started = time.monotonic()
+    _in_call = on_main
+    try:
+        if on_main:
+            signal.setitimer(signal.ITIMER_REAL, remaining)
+        yield
+    finally:
+        if on_main:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            _in_call = False
+            signal.signal(signal.SIGALRM, previous)
+        _spent += time.monotonic() - started
 
 
 def _storage_error(uri: str, exc: Exception) -> StorageError:
@@ -116,10 +205,12 @@ def _storage_error(uri: str, exc: Exception) -> StorageError:
 def _s3_call(uri: str, fn, **kwargs):
     from botocore.exceptions import BotoCoreError, ClientError
 
-    try:
-        return fn(**kwargs)
-    except (BotoCoreError, ClientError) as exc:
-        raise _storage_error(uri, exc) from None
+    with _bounded(uri):
+        try:
+            return fn(**kwargs)
+        except (BotoCoreError, ClientError) as exc:
+            _raise_if_aborted()  # the SIGTERM or deadline that caused it, not a storage error
+            raise _storage_error(uri, exc) from None
 
 
 def read(uri: str, *, mapped: bool = False) -> Blob:
@@ -128,11 +219,9 @@ def read(uri: str, *, mapped: bool = False) -> Blob:
     replace a file by renaming (as `write` does) leave a mapping of the old one intact."""
     if is_s3(uri):
         bucket, key = split_s3(uri)
-        resp = _s3_call(uri, s3_client().get_object, Bucket=bucket, Key=key)
-        try:
-            data = resp["Body"].read()
-        except Exception as exc:  # a connection dropped mid-body
-            raise _storage_error(uri, exc) from None
+        with _bounded(uri):
+            resp = _s3_call(uri, s3_client().get_object, Bucket=bucket, Key=key)
+            data = _read_body(uri, resp["Body"])
         return Blob(uri, data, f"etag:{resp.get('ETag', '').strip(chr(34))}")
     path = Path(uri)
     try:
@@ -144,6 +233,16 @@ def read(uri: str, *, mapped: bool = False) -> Blob:
     except OSError as exc:
         raise StorageError(f"{uri}: cannot read: {exc.strerror}") from None
     return Blob(uri, data)  # versioned by its sha256
+
+
+def _read_body(uri: str, body, size: int = -1) -> bytes:
+    try:
+        return body.read() if size < 0 else body.read(size)
+    except JobError:
+        raise  # SIGTERM or the deadline, raised in the socket read
+    except Exception as exc:  # a connection dropped or timed out mid-body
+        _raise_if_aborted()
+        raise _storage_error(uri, exc) from None
 
 
 def _map(path: Path) -> mmap.mmap | bytes:
@@ -171,42 +270,164 @@ def write(uri: str, data: bytes, *, content_type: str = "application/octet-strea
         extra = {"IfNoneMatch": "*"} if if_absent else {}
         _s3_call(uri, s3_client().put_object, Bucket=bucket, Key=key, Body=data, ContentType=content_type, **extra)
         return
-    path = Path(uri)
+    _write_local(uri, data, if_absent=if_absent)
+
+
+_confined: dict[Path, str] = {}  # output folder -> the setting that names it
+
+
+def confine_local_writes(root: str, *, setting: str) -> None:
+    """Refuse local writes under `root` that would pass through a symlink below it (a planted
+    `plots -> /elsewhere`). `root` itself may be a link: the operator chose it."""
+    if not is_s3(root):
+        _confined[Path(os.path.abspath(root))] = setting
+
+
+def _confining_root(path: Path) -> Path | None:
+    return next((root for root in _confined if path.is_relative_to(root) and path != root), None)
+
+
+def _write_local(uri: str, data: bytes, *, if_absent: bool) -> None:
+    """Temp file + rename in the target's folder, created with 0o666 & ~umask like any file.
+
+    Below a confined root every folder is opened with O_NOFOLLOW relative to its parent (no
+    check-then-use race), and the rename replaces a symlink at the target rather than follow it.
+    """
+    path = Path(os.path.abspath(uri))
+    root = _confining_root(path)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        if root is None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        else:
+            dir_fd = _open_folders_below(root, path.parent.relative_to(root).parts, uri)
         try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            if if_absent:
-                try:
-                    os.link(tmp, path)  # atomic, and fails if the target exists
-                except FileExistsError:
-                    raise AlreadyExists(f"{uri}: already exists") from None
-            else:
-                os.replace(tmp, path)
+            tmp = f".{path.name}.{secrets.token_hex(6)}.tmp"
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666, dir_fd=dir_fd)
+            try:
+                with os.fdopen(fd, "wb") as fh:
+                    fh.write(data)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                if if_absent:
+                    try:  # atomic, and fails if the target exists
+                        os.link(tmp, path.name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
+                    except FileExistsError:
+                        raise AlreadyExists(f"{uri}: already exists") from None
+                else:
+                    os.rename(tmp, path.name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp, dir_fd=dir_fd)
         finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+            os.close(dir_fd)
     except OSError as exc:
         raise StorageError(f"{uri}: cannot write: {exc.strerror or exc}") from None
 
 
+def _open_folders_below(root: Path, parts: tuple[str, ...], uri: str) -> int:
+    """A descriptor of root/parts..., creating folders as needed and following no link below root."""
+    root.mkdir(parents=True, exist_ok=True)
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for i, part in enumerate(parts):
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(part, dir_fd=fd)
+            try:
+                child = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+            except OSError as exc:
+                if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+                    raise
+                below = root.joinpath(*parts[: i + 1])
+                raise ConfigError(f"{uri}: {below} is a symlink or a file, not a folder; refusing to write through it "
+                                  f"(it lies under {_confined[root]}={root})") from None
+            os.close(fd)
+            fd = child
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def check_writable(uri: str, *, setting: str) -> None:
+    """Fail now, naming `setting`, when the output prefix `uri` cannot be written.
+
+    S3: starts a multipart upload of `<prefix>/.write-probe-<random>` and aborts it: that needs the
+    same permission as a PUT (s3:PutObject), and no object ever becomes visible, to readers or
+    listings, even for a moment. Local: creates and removes a hidden file in the deepest folder
+    of `uri` that exists. A missing bucket or refused permission is CONFIG (78): the setting or the
+    credentials are wrong, and no retry can fix them. An unreachable store stays STORAGE (74).
+    """
+    probe = f".write-probe-{secrets.token_hex(8)}"
+    if is_s3(uri):
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        bucket, key = split_s3(uri)
+        probe_key = f"{key.rstrip('/')}/{probe}" if key.strip("/") else probe
+        with _bounded(uri):
+            try:
+                upload = s3_client().create_multipart_upload(Bucket=bucket, Key=probe_key)
+            except ClientError as exc:
+                _raise_if_aborted()
+                code = exc.response.get("Error", {}).get("Code", "?")
+                if code == "NoSuchBucket":
+                    raise ConfigError(f"{setting}={uri}: bucket {bucket!r} does not exist") from None
+                if code in ("AccessDenied", "403", "Forbidden", "AllAccessDisabled"):
+                    raise ConfigError(f"{setting}={uri}: the credentials may not write here ({code})") from None
+                raise _storage_error(uri, exc) from None
+            except BotoCoreError as exc:
+                _raise_if_aborted()
+                raise _storage_error(uri, exc) from None
+        # A refused abort leaves an incomplete upload: invisible, removed by the bucket's
+        # AbortIncompleteMultipartUpload lifecycle rule; not worth failing the run for.
+        with contextlib.suppress(StorageError):
+            _s3_call(uri, s3_client().abort_multipart_upload, Bucket=bucket, Key=probe_key, UploadId=upload["UploadId"])
+        return
+    path = Path(os.path.abspath(uri))
+    folder = path
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise ConfigError(f"{setting}={uri}: {folder} is a file, not a folder")
+    try:
+        os.close(os.open(folder / probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
+        os.unlink(folder / probe)
+    except OSError as exc:
+        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise ConfigError(f"{setting}={uri}: cannot write in {folder}: {exc.strerror}") from None
+        raise StorageError(f"{uri}: cannot write in {folder}: {exc.strerror}") from None
+
+
 def download_file(uri: str, dest: Path) -> None:
-    """Copy a possibly large object to a local file (multipart, streamed)."""
+    """Copy a possibly large object to a local file, streamed in 8 MiB chunks, whole or not at all.
+
+    One stream on this thread (not s3transfer's pool): a SIGTERM or S3_DEADLINE interrupts it.
+    """
     if not is_s3(uri):
         raise StorageError(f"{uri}: download_file is for s3:// URIs")
     bucket, key = split_s3(uri)
-    _s3_call(uri, s3_client().download_file, Bucket=bucket, Key=key, Filename=str(dest))
+    dest = Path(dest)
+    part = dest.with_name(f".{dest.name}.{secrets.token_hex(6)}.part")
+    with _bounded(uri):
+        resp = _s3_call(uri, s3_client().get_object, Bucket=bucket, Key=key)
+        try:
+            with open(part, "wb") as fh:
+                while chunk := _read_body(uri, resp["Body"], 8 << 20):
+                    fh.write(chunk)
+            os.replace(part, dest)
+        except OSError as exc:
+            raise StorageError(f"{dest}: cannot write the download of {uri}: {exc.strerror or exc}") from None
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(part)
 
 
 def upload_file(src: Path, uri: str) -> None:
-    """Copy a local file to `uri` whole: a completed multipart upload on S3, a rename on disk."""
+    """Copy a local file to `uri` whole: one streamed PUT on S3 (up to 5 GB), a rename on disk."""
     if is_s3(uri):
         bucket, key = split_s3(uri)
-        _s3_call(uri, s3_client().upload_file, Filename=str(src), Bucket=bucket, Key=key)
+        with open(src, "rb") as fh:
+            _s3_call(uri, s3_client().put_object, Bucket=bucket, Key=key, Body=fh)
         return
     write(uri, Path(src).read_bytes())
 
@@ -216,14 +437,13 @@ def list_names(prefix: str) -> list[str]:
     if is_s3(prefix):
         bucket, key = split_s3(prefix)
         key = key.rstrip("/") + "/" if key else ""
-        paginator = s3_client().get_paginator("list_objects_v2")
-        names = []
-        try:
-            for page in paginator.paginate(Bucket=bucket, Prefix=key):
-                names.extend(obj["Key"][len(key):] for obj in page.get("Contents", []))
-        except Exception as exc:
-            raise _storage_error(prefix, exc) from None
-        return sorted(names)
+        names, token = [], {}
+        while True:
+            page = _s3_call(prefix, s3_client().list_objects_v2, Bucket=bucket, Prefix=key, **token)
+            names.extend(obj["Key"][len(key):] for obj in page.get("Contents", []))
+            if not page.get("IsTruncated"):
+                return sorted(names)
+            token = {"ContinuationToken": page["NextContinuationToken"]}
     root = Path(prefix)
     if not root.is_dir():
         return []

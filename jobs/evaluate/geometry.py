@@ -108,8 +108,8 @@ def make_polygons(polys: Polygons, rows: np.ndarray | None = None):
 
 
 def _shapes(polys: Polygons, rows: np.ndarray | None):
-    """shapely geometries as given: a row of one part is a Polygon, of several a MultiPolygon,
-    of none an empty Polygon."""
+    """shapely geometries: a row of one part is its Polygon as given, of several the union of its
+    parts (each made valid), of none an empty Polygon."""
     import shapely
 
     sub = polys if rows is None else polys.take(np.asarray(rows, dtype=np.int64))
@@ -120,11 +120,13 @@ def _shapes(polys: Polygons, rows: np.ndarray | None):
         rings = shapely.polygons(shapely.linearrings(sub.xy, indices=part_of_vertex))
         single = np.flatnonzero(n_parts == 1)
         geoms[single] = rings[sub.row_start[single]]
-        multi = n_parts > 1
-        if multi.any():
-            part_row = np.repeat(np.arange(n), n_parts)
-            in_multi = multi[part_row]
-            geoms[multi] = shapely.multipolygons(rings[in_multi], indices=np.unique(part_row[in_multi], return_inverse=True)[1])
+        multi = np.flatnonzero(n_parts > 1)
+        if multi.size:
+            # Several parts are their union (as COCO's merged masks): each part made valid first,
+            # since a MultiPolygon of overlapping or self-intersecting parts loses area in make_valid.
+            parts, _ = _made_valid(rings)
+            for r in multi.tolist():
+                geoms[r] = shapely.union_all(parts[sub.row_start[r]:sub.row_start[r + 1]])
     return geoms
 
 

@@ -53,6 +53,9 @@ def run(settings: EvalSettings, run_id: str, log: structlog.BoundLogger) -> int:
     """Evaluate, write plots and index.html, then the report (the commit), then the latest pointer."""
     started = time.perf_counter()
     dest = destination(settings.output_uri, settings.output_layout, run_id)
+    # Before the work: a missing bucket or read-only credentials fail now, not after it.
+    storage.confine_local_writes(settings.output_uri, setting="EVAL_OUTPUT_URI")
+    storage.check_writable(dest.prefix, setting="EVAL_OUTPUT_URI")
     if dest.conditional and storage.exists(dest.report_uri):
         # This slot is done (a retry after a complete run): never evaluate or write it twice.
         doc = json.loads(storage.read(dest.report_uri).data)

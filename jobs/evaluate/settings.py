@@ -1,6 +1,7 @@
 """`EVAL_` settings of the evaluation job. `python -m jobs.evaluate --help` renders this class."""
 
 import json
+import math
 import re
 from typing import Annotated, Literal
 
@@ -9,8 +10,11 @@ import numpy as np
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from common.settings import check_uri
+
 TABLE_COLUMNS = ("image", "category", "score", "bbox_x", "bbox_y", "bbox_w", "bbox_h", "polygon")
 Format = Literal["auto", "coco", "csv", "parquet", "jsonl"]
+MAX_IOU_THRESHOLDS = 1001  # 0.001 steps over (0, 1]; more only costs memory and report size
 POLICY_PATTERN = re.compile(r"^(f1|fbeta:(?P<beta>[0-9.]+)|precision>=(?P<p>[0-9.]+)|recall>=(?P<r>[0-9.]+))$")
 
 
@@ -24,7 +28,7 @@ class EvalSettings(BaseSettings):
     iou_thresholds: Annotated[list[float], NoDecode] = Field(
         default_factory=list,
         description="More IoU thresholds, for AP only: a JSON list, e.g. [0.5, 0.55, 0.6], or start:stop:step "
-        "(stop included), e.g. 0.5:0.95:0.05 for COCO AP@[.5:.95]. Each class then reports AP at each and their "
+        "(stop included), e.g. 0.5:0.95:0.05 for COCO AP@[.5:.95]; at most 1001 thresholds. Each class then reports AP at each and their "
         "mean beside its EVAL_IOU_THRESHOLD results. Empty: off.",
     )
     format: Format = Field("auto", description="Input format of both files; 'auto' detects from the extension and content.")
@@ -60,7 +64,7 @@ class EvalSettings(BaseSettings):
         description="Share of images held out (seeded split): thresholds are chosen on the rest and classes' "
         "AP/P/R/F1 are measured on the held-out images. 0: choose and measure on all images (optimistic).",
     )
-    seed: int = Field(0, description="Seed of every random draw: the holdout split, bootstrap resamples, calibration folds.")
+    seed: int = Field(0, ge=0, description="Seed of every random draw: the holdout split, bootstrap resamples, calibration folds.")
     calibration: Literal["none", "temperature"] = Field(
         "none",
         description="'temperature': fit one T on logit(score) against 'true positive at the IoU threshold' by maximum "
@@ -93,6 +97,21 @@ class EvalSettings(BaseSettings):
     plots: bool = Field(True, description="Write PNG plots per class and an index.html beside the report.")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
 
+    @field_validator("predictions_uri", "annotations_uri")
+    @classmethod
+    def _object_uri(cls, value: str) -> str:
+        return check_uri(value, needs_key=True)
+
+    @field_validator("output_uri")
+    @classmethod
+    def _prefix_uri(cls, value: str) -> str:
+        return check_uri(value, needs_key=False)
+
+    @field_validator("baseline_uri")
+    @classmethod
+    def _baseline_uri(cls, value: str | None) -> str | None:
+        return value if value in (None, "latest") else check_uri(value, needs_key=True)
+
     @field_validator("columns")
     @classmethod
     def _known_columns(cls, value: dict[str, str]) -> dict[str, str]:
@@ -115,15 +134,23 @@ class EvalSettings(BaseSettings):
         if len(parts) != 3:
             raise ValueError("expected a JSON list of IoUs or start:stop:step")
         start, stop, step = map(float, parts)
+        if not all(map(math.isfinite, (start, stop, step))):
+            raise ValueError("start:stop:step must be finite numbers")
         if not step > 0 or stop < start:
             raise ValueError("start:stop:step needs step > 0 and stop >= start")
+        # Counted before anything is built: 0.5:0.95:1e-12 would ask for 4.5e11 floats.
+        steps = (stop - start) / step
+        if steps >= MAX_IOU_THRESHOLDS:
+            raise ValueError(f"start:stop:step gives {math.floor(steps) + 1:,} thresholds; at most {MAX_IOU_THRESHOLDS}")
         # Built as pycocotools builds its thresholds (a count of steps, then linspace), bit for bit.
-        count = int(np.round((stop - start) / step)) + 1
+        count = int(np.round(steps)) + 1
         return np.linspace(start, start + (count - 1) * step, count).tolist()
 
     @field_validator("iou_thresholds")
     @classmethod
     def _valid_iou_thresholds(cls, value: list[float]) -> list[float]:
+        if len(value) > MAX_IOU_THRESHOLDS:
+            raise ValueError(f"{len(value):,} IoU thresholds; at most {MAX_IOU_THRESHOLDS}")
         if any(not 0.0 < t <= 1.0 for t in value):
             raise ValueError("every IoU threshold must be in (0, 1]")
         if len(set(value)) != len(value):

@@ -30,6 +30,13 @@ checkpoint, the job exits 75 (PREEMPTED); rerunning with the same TRAIN_OUTPUT_U
 
 from __future__ import annotations
 
+if __name__ == "__main__":
+    # First, before importing torch (seconds): a SIGTERM now is recorded and ends the run with 75
+    # once it starts, instead of killing the process by signal (143).
+    from common import preemption
+
+    preemption.record_sigterm()
+
 import json
 import platform
 import sys
@@ -46,16 +53,17 @@ from common.exitcodes import ExitCode
 from common.logs import configure_logging
 from common.provenance import code_version, library_versions, utc_now
 from common.settings import public_config
-from jobs.train.checkpoint import (checkpoint_uri, latest_checkpoint, load_checkpoint, restore_rng_states,
+from jobs.train.checkpoint import (checkpoint_uri, latest_checkpoint, load_checkpoint, restore_checkpoint,
                                    rng_states, save_checkpoint)
 from jobs.train.data import CifarData, load_cifar
 from jobs.train.distributed import (DistEnv, StopFlag, barrier, broadcast_object, init_distributed,
                                     local_rank_zero_first, rank_from_env, shutdown)
-from jobs.train.loop import (StepRecipe, epoch_order, make_optimizer, make_scheduler, predict_all,
-                             reduce_totals, steps_per_epoch, train_one_epoch)
+from jobs.train.loop import (BN_RECALIBRATE_BELOW, DivergenceGuard, StepRecipe, epoch_order, make_optimizer,
+                             make_scheduler, predict_all, recalibrate_batchnorm, reduce_totals, steps_per_epoch,
+                             train_one_epoch, warmup_steps)
 from jobs.train.metrics import classification_summary, parquet_bytes, prediction_tables
 from jobs.train.models import build_model, load_pretrained
-from jobs.train.settings import TrainSettings
+from jobs.train.settings import TrainSettings, effective_lr
 
 EVAL_BATCH = 1000  # images per forward pass when predicting; memory only, not results
 TRAIN_ACCURACY_IMAGES = 10_000  # the train accuracy (generalisation gap) is measured on a fixed sample
@@ -81,17 +89,19 @@ def train(settings: TrainSettings, run_id: str, log) -> int:
                               download_url=settings.download_url, expected_sha256=settings.data_sha256, log=log)
         images, labels = data.train_images.to(env.device), data.train_labels.to(env.device)
         steps = steps_per_epoch(n=len(labels), batch_size=settings.batch_size, world_size=env.world_size)
+        plan = run_plan(settings=settings, steps=steps, num_classes=len(data.classes), env=env)
         raw_model, model = build_network(settings=settings, num_classes=len(data.classes), env=env, log=log)
-        optimizer = make_optimizer(raw_model, name=settings.optimizer, lr=settings.lr, momentum=settings.momentum,
+        optimizer = make_optimizer(raw_model, name=settings.optimizer, lr=plan["lr"], momentum=settings.momentum,
                                    weight_decay=settings.weight_decay)
-        scheduler = make_scheduler(optimizer, schedule=settings.schedule, epochs=settings.epochs, steps=steps,
-                                   warmup_epochs=settings.warmup_epochs)
+        scheduler = make_scheduler(optimizer, schedule=settings.schedule, total_steps=plan["total_steps"],
+                                   warmup=plan["warmup_steps"])
         position = resume(output_uri=settings.output_uri, model=raw_model, optimizer=optimizer, scheduler=scheduler,
-                          settings=settings, env=env, log=log)
+                          plan=plan, env=env, log=log)
         recipe = step_recipe(settings=settings, num_classes=len(data.classes), env=env)
-        log.info("training", model=settings.model, epochs=settings.epochs, steps_per_epoch=steps,
-                 global_batch=settings.batch_size * env.world_size, device=str(env.device),
-                 start_epoch=position["epoch"] + 1, start_step=position["step"])
+        guard = DivergenceGuard(num_classes=len(data.classes), factor=settings.divergence_factor,
+                                patience=settings.divergence_steps, device=env.device)
+        log.info("training", device=str(env.device), start_epoch=position["epoch"] + 1, start_step=position["step"],
+                 **{k: v for k, v in plan.items() if k != "seed"})
 
         for epoch in range(position["epoch"], settings.epochs):
             order = epoch_order(n=len(labels), seed=settings.seed, epoch=epoch, env=env)
@@ -101,12 +111,17 @@ def train(settings: TrainSettings, run_id: str, log) -> int:
             reached = train_one_epoch(model=model, optimizer=optimizer, scheduler=scheduler, images=images,
                                       labels=labels, order=order, epoch=epoch, start_step=position["step"],
                                       steps=steps, totals=totals, recipe=recipe, env=env, stop=stop,
-                                      log_every=settings.log_every, log=log)
+                                      log_every=settings.log_every, guard=guard, log=log)
             seconds = position["seconds"] + time.perf_counter() - began
             if reached < steps:
                 checkpoint_and_stop(settings=settings, raw_model=raw_model, optimizer=optimizer, scheduler=scheduler,
-                                    epoch=epoch, step=reached, history=position["history"],
+                                    epoch=epoch, step=reached, history=position["history"], plan=plan,
                                     totals=reduce_totals(totals, env), seconds=seconds, env=env, log=log)
+            if plan["bn_recalibration_batches"]:
+                # Also what the final model's predictions below (and the checkpoint) use.
+                recalibrate_batchnorm(model=raw_model, images=images, order=order, batch_size=settings.batch_size,
+                                      batches=plan["bn_recalibration_batches"], env=env,
+                                      channels_last=recipe.channels_last)
             test = evaluate(model=raw_model, images=data.test_images, labels=data.test_labels, classes=data.classes,
                             env=env, recipe=recipe)
             position["history"].append(epoch_record(epoch=epoch, totals=reduce_totals(totals, env), test=test,
@@ -116,7 +131,7 @@ def train(settings: TrainSettings, run_id: str, log) -> int:
             if is_checkpoint_epoch(epoch=epoch, every=settings.checkpoint_every, epochs=settings.epochs):
                 save_on_main(checkpoint_uri(settings.output_uri, epoch=epoch + 1, step=0), env=env, log=log,
                              state=training_state(raw_model=raw_model, optimizer=optimizer, scheduler=scheduler,
-                                                  settings=settings, epoch=epoch + 1, step=0,
+                                                  settings=settings, epoch=epoch + 1, step=0, plan=plan,
                                                   history=position["history"], env=env))
 
         test_logits = predict_all(model=raw_model, images=data.test_images.to(env.device), env=env,
@@ -129,7 +144,8 @@ def train(settings: TrainSettings, run_id: str, log) -> int:
         if env.is_main:
             write_outputs(settings=settings, raw_model=raw_model, data=data, test_logits=test_logits,
                           train_logits=train_logits, train_sample=train_sample, history=position["history"],
-                          env=env, run_id=run_id, started=started, resumed_from=position["resumed_from"], log=log)
+                          env=env, run_id=run_id, started=started, resumed_from=position["resumed_from"], plan=plan,
+                          log=log)
         barrier(env)
         return ExitCode.OK
     finally:
@@ -156,6 +172,23 @@ def build_network(*, settings: TrainSettings, num_classes: int, env: DistEnv, lo
     return raw, model
 
 
+def run_plan(*, settings: TrainSettings, steps: int, num_classes: int, env: DistEnv) -> dict:
+    """The effective numbers of this run: logged, in metrics.json, and what a checkpoint must match to resume."""
+    global_batch = settings.batch_size * env.world_size
+    lr, lr_rule = effective_lr(settings, global_batch=global_batch)
+    total = settings.epochs * steps
+    warmup = warmup_steps(warmup_epochs=settings.warmup_epochs, steps_per_epoch=steps, total_steps=total,
+                          min_steps=settings.warmup_min_steps)
+    has_bn = settings.model in ("resnet9", "resnet18")
+    return {
+        "model": settings.model, "num_classes": num_classes, "epochs": settings.epochs, "steps_per_epoch": steps,
+        "total_steps": total, "global_batch": global_batch, "lr": lr, "lr_rule": lr_rule,
+        "weight_decay": settings.weight_decay, "schedule": settings.schedule, "warmup_steps": warmup,
+        "bn_recalibration_batches": settings.bn_recalibration_batches if has_bn and steps < BN_RECALIBRATE_BELOW else 0,
+        "seed": settings.seed,
+    }
+
+
 def step_recipe(*, settings: TrainSettings, num_classes: int, env: DistEnv) -> StepRecipe:
     precision = settings.precision
     if precision == "auto":
@@ -172,11 +205,12 @@ def step_recipe(*, settings: TrainSettings, num_classes: int, env: DistEnv) -> S
 
 
 def training_state(*, raw_model: nn.Module, optimizer, scheduler, settings: TrainSettings, epoch: int, step: int,
-                   history: list[dict], env: DistEnv, totals: torch.Tensor | None = None, seconds: float = 0.0) -> dict:
+                   history: list[dict], env: DistEnv, plan: dict, totals: torch.Tensor | None = None,
+                   seconds: float = 0.0) -> dict:
     return {
         "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
         "epoch": epoch, "step": step, "world_size": env.world_size, "model_name": settings.model,
-        "seed": settings.seed, "history": history, "rng": rng_states(), "seconds": seconds,
+        "seed": settings.seed, "history": history, "rng": rng_states(), "seconds": seconds, "plan": plan,
         "totals": (totals if totals is not None else torch.zeros(3, dtype=torch.float64)).cpu(),
     }
 
@@ -189,32 +223,32 @@ def save_on_main(uri: str, *, state: dict, env: DistEnv, log) -> None:
 
 
 def checkpoint_and_stop(*, settings: TrainSettings, raw_model, optimizer, scheduler, epoch: int, step: int,
-                        history: list[dict], totals: torch.Tensor, seconds: float, env: DistEnv, log) -> None:
+                        history: list[dict], plan: dict, totals: torch.Tensor, seconds: float, env: DistEnv,
+                        log) -> None:
     """The agreed SIGTERM path: rank 0 checkpoints the exact position, every rank exits PREEMPTED."""
     uri = checkpoint_uri(settings.output_uri, epoch=epoch, step=step)
     save_on_main(uri, env=env, log=log,
                  state=training_state(raw_model=raw_model, optimizer=optimizer, scheduler=scheduler, settings=settings,
-                                      epoch=epoch, step=step, history=history, env=env, totals=totals, seconds=seconds))
+                                      epoch=epoch, step=step, history=history, env=env, plan=plan, totals=totals,
+                                      seconds=seconds))
     raise Preempted(f"stopped by SIGTERM at epoch {epoch + 1} step {step}; checkpoint {uri}; rerun to resume")
 
 
-def resume(*, output_uri: str, model: nn.Module, optimizer, scheduler, settings: TrainSettings, env: DistEnv, log) -> dict:
-    """Load the latest checkpoint under the output prefix, if any; return the position to start from."""
+def resume(*, output_uri: str, model: nn.Module, optimizer, scheduler, plan: dict, env: DistEnv, log) -> dict:
+    """Load the latest checkpoint under the output prefix, if any; return the position to start from.
+
+    The checkpoint is validated against this run first (`restore_checkpoint`): one that does not fit
+    is an input error (65) naming what differs, never a traceback or a silently different run.
+    """
     fresh = {"epoch": 0, "step": 0, "history": [], "totals": torch.zeros(3, dtype=torch.float64),
              "seconds": 0.0, "resumed_from": None}
     uri = latest_checkpoint(output_uri)
     if uri is None:
         return fresh
-    state = load_checkpoint(uri)
-    if state.get("model_name") != settings.model:
-        raise ConfigError(f"TRAIN_MODEL={settings.model} but {uri} holds a {state.get('model_name')!r} model; "
-                          "use a new TRAIN_OUTPUT_URI")
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    restore_rng_states(state["rng"])
+    state = restore_checkpoint(load_checkpoint(uri), uri=uri, model=model, optimizer=optimizer, scheduler=scheduler,
+                               plan=plan)
     position = {**fresh, "epoch": state["epoch"], "step": state["step"], "history": state["history"],
-                "totals": state["totals"], "seconds": state["seconds"], "resumed_from": uri}
+                "totals": state["totals"], "seconds": float(state["seconds"]), "resumed_from": uri}
     if state["world_size"] != env.world_size and state["step"]:
         # The shards of a half-done epoch depend on the world size: redo that epoch's remainder from
         # its start rather than skip or repeat unknown samples.
@@ -265,7 +299,7 @@ def device_name(device: torch.device) -> str:
 
 def write_outputs(*, settings: TrainSettings, raw_model: nn.Module, data: CifarData, test_logits: torch.Tensor,
                   train_logits: torch.Tensor, train_sample: torch.Tensor, history: list[dict], env: DistEnv,
-                  run_id: str, started: str, resumed_from: str | None, log) -> None:
+                  run_id: str, started: str, resumed_from: str | None, plan: dict, log) -> None:
     """Weights, the evaluation job's tables, then metrics.json last: its presence means a complete run."""
     from safetensors.torch import save
 
@@ -286,6 +320,7 @@ def write_outputs(*, settings: TrainSettings, raw_model: nn.Module, data: CifarD
         "per_class_accuracy": test["per_class_accuracy"], "confusion_matrix": test["confusion_matrix"],
         "epochs_completed": len(history), "world_size": env.world_size,
         "global_batch_size": settings.batch_size * env.world_size, "epochs": history,
+        "effective": {k: v for k, v in plan.items() if k not in ("model", "seed")},  # lr, its rule, warm-up steps, ...
         "train_seconds": round(sum(h["seconds"] for h in history), 3),
         "outputs": out,
         "provenance": {

@@ -72,3 +72,77 @@ def load_checkpoint(uri: str) -> dict:
         return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as exc:  # an UnpicklingError from weights_only, or a truncated file
         raise InputDataError(f"{uri}: not a loadable checkpoint: {exc}") from None
+
+
+# --- validation against the run ------------------------------------------------------------------
+
+# What a checkpoint's plan must share with this run's to resume it: a different value would make the
+# resumed run silently a different recipe (another schedule, another LR, other weights' shapes).
+MUST_MATCH = {
+    "model": "TRAIN_MODEL", "num_classes": "the data's classes", "epochs": "TRAIN_EPOCHS",
+    "steps_per_epoch": "steps an epoch (data size, TRAIN_BATCH_SIZE x world size)", "total_steps": "TRAIN_EPOCHS",
+    "lr": "the peak learning rate (TRAIN_LR / TRAIN_BASE_LR / the global batch)", "schedule": "TRAIN_SCHEDULE",
+    "warmup_steps": "the warm-up (TRAIN_WARMUP_EPOCHS / TRAIN_WARMUP_MIN_STEPS)", "seed": "TRAIN_SEED",
+}
+REQUIRED = {"model": dict, "optimizer": dict, "scheduler": dict, "epoch": int, "step": int, "world_size": int,
+            "history": list, "rng": dict, "seconds": (int, float), "totals": torch.Tensor, "plan": dict}
+
+
+def restore_checkpoint(state, *, uri: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler,
+                       plan: dict) -> dict:
+    """Check `state` against this run, then load it into model, optimizer, scheduler and the RNGs.
+
+    Refused (InputDataError, exit 65), each naming the checkpoint and what is wrong: a missing or
+    mistyped field, a plan that differs from this run's (`MUST_MATCH`), a position outside the run
+    (epoch in [0, epochs], step in [0, steps an epoch), a history of `epoch` records, a scheduler at
+    step epoch x steps + step), tensors whose names or shapes differ from the model's, an optimizer
+    state that does not fit the parameters, RNG states that do not restore.
+    """
+    def refuse(why: str):
+        raise InputDataError(f"{uri}: checkpoint does not fit this run: {why}; resume with the settings that wrote "
+                             "it, or use a new TRAIN_OUTPUT_URI")
+
+    if not isinstance(state, dict):
+        refuse(f"holds a {type(state).__name__}, not a dict")
+    for key, kind in REQUIRED.items():
+        if key not in state:
+            refuse(f"no {key!r}")
+        if not isinstance(state[key], kind) or (kind is int and isinstance(state[key], bool)):
+            refuse(f"{key!r} is a {type(state[key]).__name__}")
+    for key, setting in MUST_MATCH.items():
+        if state["plan"].get(key) != plan[key]:
+            refuse(f"{key} was {state['plan'].get(key)!r}, this run has {plan[key]!r} ({setting})")
+    epoch, step, steps = state["epoch"], state["step"], plan["steps_per_epoch"]
+    if not (0 <= epoch <= plan["epochs"] and 0 <= step < steps and not (epoch == plan["epochs"] and step)):
+        refuse(f"position epoch {epoch} step {step} is outside a run of {plan['epochs']} epochs of {steps} steps")
+    if len(state["history"]) != epoch or not all(isinstance(h, dict) for h in state["history"]):
+        refuse(f"{len(state['history'])} epoch records for {epoch} epochs done")
+    if state["scheduler"].get("last_epoch") != epoch * steps + step:
+        refuse(f"scheduler at step {state['scheduler'].get('last_epoch')!r}, position says {epoch * steps + step}")
+    if state["totals"].shape != (3,):
+        refuse(f"'totals' has shape {tuple(state['totals'].shape)}, expected (3,)")
+
+    own = model.state_dict()
+    given = state["model"]
+    for name in sorted(set(own) | set(given)):
+        if name not in given or name not in own:
+            refuse(f"model tensor {name!r} is {'missing' if name not in given else 'not in this model'}")
+        if not isinstance(given[name], torch.Tensor) or given[name].shape != own[name].shape:
+            shape = tuple(given[name].shape) if isinstance(given[name], torch.Tensor) else type(given[name]).__name__
+            refuse(f"model tensor {name!r} has shape {shape}, the model's is {tuple(own[name].shape)}")
+    model.load_state_dict(given)
+    try:
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+    except (KeyError, ValueError, TypeError, RuntimeError, IndexError) as exc:
+        refuse(f"optimizer/scheduler state: {type(exc).__name__}: {exc}")
+    for group in optimizer.param_groups:  # load_state_dict does not check the buffers' shapes
+        for param in group["params"]:
+            for name, buffer in optimizer.state.get(param, {}).items():
+                if isinstance(buffer, torch.Tensor) and buffer.dim() and buffer.shape != param.shape:
+                    refuse(f"optimizer {name} of shape {tuple(buffer.shape)} for a parameter of {tuple(param.shape)}")
+    try:
+        restore_rng_states(state["rng"])
+    except (KeyError, ValueError, TypeError, RuntimeError, AttributeError, IndexError) as exc:
+        refuse(f"RNG states: {type(exc).__name__}: {exc}")
+    return state

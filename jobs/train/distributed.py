@@ -94,6 +94,15 @@ def all_reduce_sum(tensor: torch.Tensor, env: DistEnv) -> torch.Tensor:
     return on_device.to(tensor.device)
 
 
+def all_reduce_max(tensor: torch.Tensor, env: DistEnv) -> torch.Tensor:
+    """Element-wise maximum over ranks, returned on the tensor's own device."""
+    if not env.distributed:
+        return tensor
+    on_device = tensor.to(env.device)
+    dist.all_reduce(on_device, op=dist.ReduceOp.MAX)
+    return on_device.to(tensor.device)
+
+
 def any_rank(flag: bool, env: DistEnv) -> bool:
     """True on every rank when it is true on one: the agreed stop decision."""
     if not env.distributed:

@@ -20,7 +20,8 @@ def settings_from(monkeypatch, **env) -> TrainSettings:
 
 def test_baseline_is_the_seed_recipe(monkeypatch):
     s = settings_from(monkeypatch)
-    assert (s.model, s.optimizer, s.lr, s.schedule, s.augment, s.log_every) == ("simple", "adam", 1e-3, "none", [], 100)
+    assert (s.model, s.optimizer, s.lr, s.base_lr, s.reference_batch, s.schedule, s.augment, s.log_every) == (
+        "simple", "adam", None, 1e-3, 64, "none", [], 100)
 
 
 def test_preset_fills_what_is_unset_and_explicit_values_win(monkeypatch):
