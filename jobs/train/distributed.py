@@ -85,22 +85,21 @@ def local_rank_zero_first(env: DistEnv):
             barrier(env)
 
 
-def all_reduce_sum(tensor: torch.Tensor, env: DistEnv) -> torch.Tensor:
-    """Sum over ranks (in place, on the collective's device) and return the tensor on its own device."""
+def all_reduce(tensor: torch.Tensor, env: DistEnv, op=dist.ReduceOp.SUM) -> torch.Tensor:
+    """`op` (sum by default, or max) over ranks, on the collective's device; returned on the tensor's own device."""
     if not env.distributed:
         return tensor
     on_device = tensor.to(env.device)
-    dist.all_reduce(on_device, op=dist.ReduceOp.SUM)
+    dist.all_reduce(on_device, op=op)
     return on_device.to(tensor.device)
+
+
+def all_reduce_sum(tensor: torch.Tensor, env: DistEnv) -> torch.Tensor:
+    return all_reduce(tensor, env, dist.ReduceOp.SUM)
 
 
 def all_reduce_max(tensor: torch.Tensor, env: DistEnv) -> torch.Tensor:
-    """Element-wise maximum over ranks, returned on the tensor's own device."""
-    if not env.distributed:
-        return tensor
-    on_device = tensor.to(env.device)
-    dist.all_reduce(on_device, op=dist.ReduceOp.MAX)
-    return on_device.to(tensor.device)
+    return all_reduce(tensor, env, dist.ReduceOp.MAX)
 
 
 def any_rank(flag: bool, env: DistEnv) -> bool:
