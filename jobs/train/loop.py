@@ -59,12 +59,12 @@ class DivergenceGuard:
     def check(self, *, env: DistEnv, epoch: int, lr: float, loss: torch.Tensor) -> None:
         state = all_reduce_max(self.state.clone(), env).tolist()
         if state[0]:
-            raise Diverged(f"training loss became non-finite ({float(loss):g}) at epoch {epoch + 1} step "
+            raise Diverged(f"training loss became non-finite ({float(loss.detach()):g}) at epoch {epoch + 1} step "
                            f"{int(state[0])} with learning rate {lr:.4g}; the last good checkpoint is kept. "
                            "Lower TRAIN_LR (or TRAIN_BASE_LR) or lengthen TRAIN_WARMUP_EPOCHS")
         if state[1] >= self.patience:
             raise Diverged(f"training loss above {self.bound:.3g} (TRAIN_DIVERGENCE_FACTOR x ln classes) for "
-                           f"{int(state[1])} steps since epoch {epoch + 1} step {int(state[2])} (now {float(loss):.4g}, "
+                           f"{int(state[1])} steps since epoch {epoch + 1} step {int(state[2])} (now {float(loss.detach()):.4g}, "
                            f"learning rate {lr:.4g}); the last good checkpoint is kept. Lower TRAIN_LR (or "
                            "TRAIN_BASE_LR) or lengthen TRAIN_WARMUP_EPOCHS")
 

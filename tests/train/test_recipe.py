@@ -153,3 +153,90 @@ def test_a_checkpoint_that_does_not_fit_the_run_is_an_input_error(corrupt, messa
     corrupt(state)
     with pytest.raises(InputDataError, match=message):
         restore(state, plan)
+
+
+def test_batchnorm_recalibration_replaces_stale_statistics_with_the_exact_mean_over_the_batches():
+    from torch import nn
+
+    from jobs.train.augment import normalize
+    from jobs.train.loop import recalibrate_batchnorm
+
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (40, 3, 8, 8), generator=gen, dtype=torch.uint8)
+    order = torch.randperm(40, generator=gen)
+    model = nn.Sequential(nn.Conv2d(3, 3, 1), nn.BatchNorm2d(3))
+    bn = model[1]
+    bn.running_mean.fill_(100.0)  # stale statistics, as after the weights moved a lot
+    bn.running_var.fill_(1e-4)
+    model.eval()
+    used = recalibrate_batchnorm(model=model, images=images, order=order, batch_size=8, batches=3, env=CPU,
+                                 channels_last=False)
+    assert used == 3 and not model.training and bn.momentum == 0.1  # mode and momentum restored
+    with torch.no_grad():
+        feats = [model[0](normalize(images[order[b * 8:(b + 1) * 8]])) for b in range(3)]
+    means = torch.stack([f.mean(dim=(0, 2, 3)) for f in feats]).mean(0)
+    variances = torch.stack([f.transpose(0, 1).reshape(3, -1).var(dim=1, unbiased=True) for f in feats]).mean(0)
+    assert torch.allclose(bn.running_mean, means, atol=1e-6)
+    assert torch.allclose(bn.running_var, variances, atol=1e-5)
+    # More batches than the data holds: bounded by what is there.
+    assert recalibrate_batchnorm(model=model, images=images, order=order, batch_size=8, batches=99, env=CPU,
+                                 channels_last=False) == 5
+
+
+@pytest.mark.parametrize(("preset", "extra", "expected"), [
+    ("fast94", {"TRAIN_BATCH_SIZE": "128"}, 16),  # 11 steps an epoch on digits-sized data: recalibrated
+    ("fast94", {"TRAIN_BATCH_SIZE": "128", "TRAIN_BN_RECALIBRATION_BATCHES": "0"}, 0),
+    ("baseline", {}, 0),  # the simple CNN has no BatchNorm
+])
+def test_the_plan_recalibrates_batchnorm_only_for_short_epochs_of_models_with_batchnorm(monkeypatch, preset, extra,
+                                                                                      expected):
+    from jobs.train.__main__ import run_plan
+
+    s = settings(monkeypatch, TRAIN_PRESET=preset, **extra)
+    assert run_plan(settings=s, steps=11, num_classes=10, env=CPU)["bn_recalibration_batches"] == expected
+    assert run_plan(settings=s, steps=97, num_classes=10, env=CPU)["bn_recalibration_batches"] == 0  # CIFAR at 512
+
+
+def failure(result) -> str:
+    """The job's one error line (a JSON log event on stdout); no traceback or warning anywhere."""
+    from tests.train.conftest import log_lines
+
+    assert "Traceback" not in result.stderr and "Warning" not in result.stderr, result.stderr[-2000:]
+    events = [e for e in log_lines(result.stdout) if e.get("event") == "failed"]
+    assert len(events) == 1 and events[0]["reason"] == "Diverged" and events[0]["exit_code"] == 4
+    return events[0]["error"]
+
+
+def _checkpoints(out) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted((out / "checkpoints").iterdir())}
+
+
+def test_a_run_whose_loss_explodes_exits_4_naming_step_and_lr_and_writes_nothing(digits_archive, train_env, tmp_path):
+    from tests.train.conftest import run_train
+
+    out = tmp_path / "out"
+    env = {**train_env, "TRAIN_DATA_URI": str(digits_archive), "TRAIN_OUTPUT_URI": str(out), "TRAIN_EPOCHS": "2",
+           "TRAIN_OPTIMIZER": "sgd", "TRAIN_LR": "1e30"}
+    result = run_train(env)
+    assert result.returncode == 4, result.stderr[-2000:]
+    last = failure(result)
+    assert "non-finite" in last and "epoch 1 step" in last and "learning rate 1e+30" in last, last
+    assert not (out / "metrics.json").exists() and not (out / "model.safetensors").exists()
+
+
+def test_a_resumed_run_that_diverges_keeps_the_last_good_checkpoint_untouched(digits_archive, train_env, tmp_path):
+    from tests.train.conftest import interrupt_train, run_train
+
+    out = tmp_path / "out"
+    env = {**train_env, "TRAIN_DATA_URI": str(digits_archive), "TRAIN_OUTPUT_URI": str(out), "TRAIN_EPOCHS": "2"}
+    code, _, _ = interrupt_train(env, epoch=2, step=10)  # epoch 1 checkpointed at its end, then e0001-s000010 on SIGTERM
+    assert code == 75
+    before = _checkpoints(out)
+    assert len(before) == 2
+    # The bound is far below the loss a digits CNN has after one epoch: the resumed run "diverges" within 3 steps.
+    result = run_train({**env, "TRAIN_DIVERGENCE_FACTOR": "0.001", "TRAIN_DIVERGENCE_STEPS": "3"})
+    assert result.returncode == 4, result.stderr[-2000:]
+    last = failure(result)
+    assert "for 3 steps since epoch 2 step 11" in last and "learning rate" in last, last
+    assert _checkpoints(out) == before  # nothing overwritten, nothing added
+    assert not (out / "metrics.json").exists()
