@@ -62,7 +62,9 @@ class TrainSettings(BaseSettings):
     preset: Literal["baseline", "fast94", "accurate"] = Field(
         "baseline",
         description="Recipe filling every setting below that is not set explicitly: 'baseline' (the seed's "
-        "CNN + Adam), 'fast94' (ResNet-9, one-cycle SGD: 94% fast on one GPU), 'accurate' (ResNet-18, 96%-class).",
+        "CNN + Adam), 'fast94' (ResNet-9, one-cycle SGD; Page reports 94% on CIFAR-10 in 24 epochs), 'accurate' "
+        "(ResNet-18, cosine SGD, AutoAugment; published CIFAR-10 figures ~95-96% at 200 epochs). Neither CIFAR-10 "
+        "figure was measured here (no GPU); bench/README.md has what was.",
     )
     model: Model = Field("simple", description="'simple' (seed's CNN), 'resnet9', or 'resnet18' (torchvision, 32x32 stem).")
     pretrained_uri: str | None = Field(
