@@ -42,28 +42,35 @@ def _asset(name: str) -> str:
 # -- curve encoding --------------------------------------------------------------------------------
 
 
+def varint(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """LEB128 (7 bits a byte, low first, high bit = more follows) of non-negative integers < 2^63:
+    the bytes (uint8) and each value's byte count."""
+    v = np.asarray(values, dtype=np.int64)
+    sizes = 1 + np.searchsorted(_VARINT_LIMITS, v, side="left")  # how many limits 2^7k - 1 lie below v
+    start = np.cumsum(sizes) - sizes
+    out = np.empty(int(sizes.sum()), np.uint8)
+    rest, at, left = v, start, sizes
+    for k in range(int(sizes.max()) if v.size else 0):  # byte k of every value that has one
+        if k:
+            more = left > k
+            rest, at, left = rest[more] >> 7, at[more] + 1, left[more]
+        out[at] = (rest & 0x7F) | ((left > k + 1) << 7)
+    return out, sizes
+
+
+_VARINT_LIMITS = np.array([(1 << (7 * k)) - 1 for k in range(1, 9)], dtype=np.int64)
+
+
 def varint_bytes(values: np.ndarray) -> bytes:
-    """LEB128 (7 bits a byte, low first, high bit = more follows) of non-negative integers < 2^63."""
-    v = np.asarray(values, dtype=np.uint64)
-    if v.size == 0:
-        return b""
-    nbytes = np.ones(v.size, np.int64)
-    for k in range(1, 10):
-        nbytes += v >= np.uint64(1 << (7 * k))
-    which = np.repeat(np.arange(v.size), nbytes)
-    j = np.arange(which.size) - np.repeat(np.cumsum(nbytes) - nbytes, nbytes)
-    out = (v[which] >> (7 * j).astype(np.uint64)) & np.uint64(0x7F)
-    out |= (j < nbytes[which] - 1).astype(np.uint64) << np.uint64(7)
-    return out.astype(np.uint8).tobytes()
+    return varint(values)[0].tobytes()
 
 
-def _b64(data: bytes) -> str:
+def _b64(data) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
-def count_stream(tp: np.ndarray, fp: np.ndarray) -> np.ndarray:
-    """The varint values of the counts at the points (cumulative TP and FP, shapes (n,))."""
-    dtp, dfp = np.diff(tp, prepend=0), np.diff(fp, prepend=0)
+def count_stream(dtp: np.ndarray, dfp: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The varint values for per-point TP and FP increases, and how many values each point takes."""
     single = dtp + dfp == 1
     first = np.where(single, dfp, 2 + dtp)  # (1, 0) -> 0, (0, 1) -> 1
     width = 1 + ~single
@@ -71,7 +78,7 @@ def count_stream(tp: np.ndarray, fp: np.ndarray) -> np.ndarray:
     out = np.empty(int(width.sum()), np.int64)
     out[start] = first
     out[start[~single] + 1] = dfp[~single]
-    return out
+    return out, width
 
 
 def score_encoding(scores: np.ndarray) -> dict:
@@ -108,19 +115,52 @@ def kept_points(n: int, chosen: int | None, max_points: int = MAX_POINTS) -> np.
     return np.unique(np.r_[keep, [] if chosen is None else [chosen]].astype(np.int64))
 
 
-def encode_sweep(sweep, encoding: dict, chosen: int | None, max_points: int = MAX_POINTS) -> dict:
-    """One class's curve for the page: n points (descending score) with exact counts at each."""
-    keep = kept_points(sweep.thresholds.size, chosen, max_points)
-    scores, tp, fp = sweep.thresholds[keep], sweep.tp[keep], sweep.fp[keep]
-    out = {"n": int(keep.size), "distinct": int(sweep.thresholds.size), "gt": int(sweep.n_ground_truth),
-           "c": _b64(varint_bytes(count_stream(tp, fp)))}
+def _split(data: np.ndarray, nbytes: np.ndarray, counts: np.ndarray) -> list[str]:
+    """Base64 of each group's bytes: `counts` values per group, `nbytes` bytes per value."""
+    ends = np.r_[0, np.cumsum(nbytes)][np.r_[0, np.cumsum(counts)]]
+    raw = data.tobytes()
+    return [_b64(raw[a:b]) for a, b in zip(ends[:-1].tolist(), ends[1:].tolist())]
+
+
+def encode_sweeps(sweeps: list, chosen: list, encoding: dict, max_points: int = MAX_POINTS) -> list[dict | None]:
+    """Each class's curve for the page (None where no sweep): n points in descending score with
+    exact counts at each. All classes are encoded in one pass over their concatenated points."""
+    present = [i for i, sw in enumerate(sweeps) if sw is not None]
+    out: list[dict | None] = [None] * len(sweeps)
+    if not present:
+        return out
+    keeps = [kept_points(sweeps[i].thresholds.size, chosen[i], max_points) for i in present]
+    sizes = np.array([k.size for k in keeps])
+    starts = np.cumsum(sizes) - sizes
+    scores = np.concatenate([sweeps[i].thresholds[k] for i, k in zip(present, keeps)])
+    tp = np.concatenate([sweeps[i].tp[k] for i, k in zip(present, keeps)])
+    fp = np.concatenate([sweeps[i].fp[k] for i, k in zip(present, keeps)])
+    dtp, dfp = np.diff(tp, prepend=0), np.diff(fp, prepend=0)
+    dtp[starts], dfp[starts] = tp[starts], fp[starts]  # each class starts from zero
+    values, width = count_stream(dtp, dfp)
+    cbytes, cnb = varint(values)
+    counts = _split(cbytes, cnb, np.add.reduceat(width, starts))
     if encoding["kind"] == "f64":
-        out["s"] = _b64(scores.astype("<f8").tobytes())
+        s_text = _split(scores.astype("<f8").view(np.uint8), np.full(scores.size, 8), sizes)
+        firsts = [None] * len(present)
     else:
         keys = _score_keys(scores, encoding)
-        out["k0"] = int(keys[0])
-        out["s"] = _b64(varint_bytes(keys[:-1] - keys[1:]))
+        later = np.ones(scores.size, bool)
+        later[starts] = False
+        sbytes, snb = varint((keys[:-1] - keys[1:])[later[1:]])
+        s_text = _split(sbytes, snb, sizes - 1)
+        firsts = keys[starts].tolist()
+    for j, i in enumerate(present):
+        sw = sweeps[i]
+        out[i] = {"n": int(sizes[j]), "distinct": int(sw.thresholds.size), "gt": int(sw.n_ground_truth),
+                  "c": counts[j], "s": s_text[j]}
+        if firsts[j] is not None:
+            out[i]["k0"] = firsts[j]
     return out
+
+
+def encode_sweep(sweep, encoding: dict, chosen: int | None, max_points: int = MAX_POINTS) -> dict:
+    return encode_sweeps([sweep], [chosen], encoding, max_points)[0]
 
 
 def _at(sweep, threshold: float | None) -> int | None:
@@ -141,7 +181,35 @@ def _r(x, digits=6):
 def _bins(scores: np.ndarray, labels: np.ndarray) -> list:
     """[[count, mean confidence, accuracy], ...] for N_BINS bins (null where empty)."""
     count, conf, acc = reliability_bins(scores, labels)
-    return [[int(n), _r(c, 4) if n else None, _r(a, 4) if n else None] for n, c, a in zip(count, conf, acc)]
+    return _bin_rows(count, conf, acc)
+
+
+def _bin_rows(count, conf, acc) -> list:
+    conf, acc = np.round(conf, 4).tolist(), np.round(acc, 4).tolist()
+    return [[n, c, a] if n else [0, None, None] for n, c, a in zip(count.tolist(), conf, acc)]
+
+
+def class_bins(curves, use: list[bool], calibrated: bool) -> list[dict | None]:
+    """Per class {'before': bins, 'after': bins} of raw and calibrated scores, all classes in one pass."""
+    sizes = np.array([cc.scores.size if ok else 0 for cc, ok in zip(curves, use)])
+    if not sizes.sum():
+        return [None] * len(curves)
+    cls = np.repeat(np.arange(len(curves)), sizes)
+    labels = np.concatenate([cc.labels for cc, ok in zip(curves, use) if ok]).astype(np.float64)
+    out = {}
+    for key, attr in (("before", "scores"), ("after", "calibrated")):
+        if key == "after" and not calibrated:
+            continue
+        conf = np.concatenate([getattr(cc, attr) for cc, ok in zip(curves, use) if ok])
+        idx = cls * N_BINS + np.minimum((conf * N_BINS).astype(np.int64), N_BINS - 1)
+        size = len(curves) * N_BINS
+        count = np.bincount(idx, minlength=size)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = np.bincount(idx, weights=conf, minlength=size) / count
+            acc = np.bincount(idx, weights=labels, minlength=size) / count
+        out[key] = (count.reshape(-1, N_BINS), mean.reshape(-1, N_BINS), acc.reshape(-1, N_BINS))
+    rows = {k: _bin_rows(*(a.reshape(-1) for a in v)) for k, v in out.items()}  # one conversion for all classes
+    return [{k: r[c * N_BINS:(c + 1) * N_BINS] for k, r in rows.items()} if sizes[c] else None for c in range(len(curves))]
 
 
 def _report_bins(bins) -> list:
@@ -184,9 +252,13 @@ def page_data(report, curves, history: list[dict] | None = None) -> dict:
     encoding = score_encoding(np.concatenate(every) if every else np.zeros(0))
     probabilities = all(cc is None or cc.scores.size == 0 or (cc.scores.min() >= 0 and cc.scores.max() <= 1)
                         for cc in curves)
+    chosen = [_at(sw, r.threshold) for sw, r in zip(table_sweeps, report.classes)]
+    encoded = encode_sweeps(table_sweeps, chosen, encoding)
+    encoded_side = encode_sweeps(side_sweeps, [_at(sw, r.threshold) for sw, r in zip(side_sweeps, report.classes)], encoding)
+    use = [cc is not None and probabilities and cc.scores.size > 0 for cc in curves]
+    bins = class_bins(curves, use, all(cc.calibrated is not None for cc, ok in zip(curves, use) if ok)) if any(use) else []
     classes = []
     for c, (result, cc) in enumerate(zip(report.classes, curves)):
-        sweep, side = table_sweeps[c], side_sweeps[c]
         row = {"i": c, "id": result.class_id, "name": result.name, "status": result.status, "gt": result.n_ground_truth,
                "pred": result.n_predictions, "ap": result.average_precision, "thr": result.threshold,
                "p": result.precision, "r": result.recall, "f1": result.f1, "tp": result.tp, "fp": result.fp,
@@ -203,14 +275,12 @@ def page_data(report, curves, history: list[dict] | None = None) -> dict:
             d = drifted[result.name]
             row["drift"] = {"reasons": list(d.reasons), "delta": d.delta, "baseline_thr": d.baseline_threshold,
                             "baseline_f1": d.baseline_f1}
-        if sweep is not None:
-            row["curve"] = encode_sweep(sweep, encoding, _at(sweep, result.threshold))
-        if side is not None:
-            row["selection"] = encode_sweep(side, encoding, _at(side, result.threshold))
-        if cc is not None and probabilities and cc.scores.size:
-            row["rel"] = {"before": _bins(cc.scores, cc.labels)}
-            if cc.calibrated is not None:
-                row["rel"]["after"] = _bins(cc.calibrated, cc.labels)
+        if encoded[c] is not None:
+            row["curve"] = encoded[c]
+        if encoded_side[c] is not None:
+            row["selection"] = encoded_side[c]
+        if use[c] and bins[c] is not None:
+            row["rel"] = bins[c]
         classes.append(row)
     reliability = None
     if report.calibration:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from jobs.evaluate.calibration import N_BINS, reliability_bins
+from jobs.evaluate.match import descending_rank, stable_order
 from jobs.evaluate.sweep import Sweep, sweep_thresholds
 
 PLOTS_FOLDER = "plots"
@@ -30,31 +31,30 @@ class ClassCurves:
     labels: np.ndarray  # true positive at the IoU threshold
 
 
-def _sweeps(aligned, matches, image_mask: np.ndarray) -> list[Sweep | None]:
+def class_curves(aligned, matches, evaluation_mask: np.ndarray | None, calibrated: np.ndarray | None) -> list[ClassCurves]:
+    """Per class: the sweep on the selection images (all images without a holdout), on the held-out
+    images, and the raw/calibrated scores with their labels. One sort for all classes."""
     det, gt = aligned.det, aligned.gt
     n_classes = len(aligned.classes)
-    gt_in = image_mask[gt.image] & ~gt.crowd
-    n_gt = np.bincount(gt.cls[gt_in], minlength=n_classes)
-    keep = np.flatnonzero(~matches.ignored & image_mask[det.image])
-    order = keep[np.lexsort((keep, det.image[keep], -det.score[keep], det.cls[keep]))]
+    # By class, then descending score (the run's cached rank): the sweep's counts at the last
+    # detection of each run of equal scores do not depend on the order within the run.
+    order = stable_order((det.cls, n_classes), descending_rank(det.score))
+    order = order[~matches.ignored[order]]
     bounds = np.searchsorted(det.cls[order], np.arange(n_classes + 1))
+    masks = [None] if evaluation_mask is None else [~evaluation_mask, evaluation_mask]
+    n_gt = [np.bincount(gt.cls[~gt.crowd & (True if m is None else m[gt.image])], minlength=n_classes) for m in masks]
+    score, tp, image = det.score[order], matches.tp[order], det.image[order]
+    cal = None if calibrated is None else calibrated[order]
     out = []
     for c in range(n_classes):
-        rows = order[bounds[c]:bounds[c + 1]]
-        out.append(sweep_thresholds(det.score[rows], matches.tp[rows], int(n_gt[c])) if n_gt[c] and rows.size else None)
-    return out
-
-
-def class_curves(aligned, matches, evaluation_mask: np.ndarray | None, calibrated: np.ndarray | None) -> list[ClassCurves]:
-    everything = np.ones(aligned.n_images, dtype=bool)
-    selection = _sweeps(aligned, matches, everything if evaluation_mask is None else ~evaluation_mask)
-    evaluation = [None] * len(selection) if evaluation_mask is None else _sweeps(aligned, matches, evaluation_mask)
-    det, used = aligned.det, ~matches.ignored
-    out = []
-    for c in range(len(aligned.classes)):
-        mine = used & (det.cls == c)
-        out.append(ClassCurves(selection[c], evaluation[c], det.score[mine],
-                               None if calibrated is None else calibrated[mine], matches.tp[mine]))
+        lo, hi = bounds[c], bounds[c + 1]
+        sweeps = []
+        for m, n in zip(masks, n_gt):
+            keep = slice(lo, hi) if m is None else lo + np.flatnonzero(m[image[lo:hi]])
+            rows = score[keep]
+            sweeps.append(sweep_thresholds(rows, tp[keep], int(n[c])) if n[c] and rows.size else None)
+        out.append(ClassCurves(sweeps[0], sweeps[1] if len(sweeps) > 1 else None, score[lo:hi],
+                               None if cal is None else cal[lo:hi], tp[lo:hi]))
     return out
 
 
