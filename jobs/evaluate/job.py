@@ -87,7 +87,7 @@ def run(settings: EvalSettings, run_id: str, log: structlog.BoundLogger) -> int:
 
 def write_page_and_plots(settings: EvalSettings, dest, report: Report, evidence: "Evidence", log) -> None:
     """index.html (EVAL_REPORT_PAGE) and plots/*.png (EVAL_PLOTS), each file whole; sets report.artifacts."""
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     curves = class_curves(evidence.aligned, evidence.matches, evidence.evaluation_mask, evidence.calibrated)
     files, per_class, pooled = render_plots(report, curves) if settings.plots else ({}, {}, None)
     page_uri = None
@@ -104,7 +104,8 @@ def write_page_and_plots(settings: EvalSettings, dest, report: Report, evidence:
         storage.write(storage.join(dest.prefix, name), data,
                       content_type="text/html; charset=utf-8" if name == INDEX_NAME else "image/png")
     log.info("page written" if page_uri else "plots written", page=page_uri, plots=len(report.artifacts.plots),
-             bytes=sum(map(len, files.values())), seconds=round(time.perf_counter() - t0, 3))
+             bytes=sum(map(len, files.values())), seconds=round(time.perf_counter() - t0, 3),
+             cpu_seconds=round(time.process_time() - cpu0, 3))
 
 
 def read_history(dest, log) -> list[dict]:

@@ -47,14 +47,15 @@ def varint(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     the bytes (uint8) and each value's byte count."""
     v = np.asarray(values, dtype=np.int64)
     sizes = 1 + np.searchsorted(_VARINT_LIMITS, v, side="left")  # how many limits 2^7k - 1 lie below v
+    longest = int(sizes.max()) if v.size else 1
+    if longest == 1:
+        return v.astype(np.uint8), sizes
     start = np.cumsum(sizes) - sizes
-    out = np.empty(int(sizes.sum()), np.uint8)
-    rest, at, left = v, start, sizes
-    for k in range(int(sizes.max()) if v.size else 0):  # byte k of every value that has one
-        if k:
-            more = left > k
-            rest, at, left = rest[more] >> 7, at[more] + 1, left[more]
-        out[at] = (rest & 0x7F) | ((left > k + 1) << 7)
+    out = np.empty(int(start[-1] + sizes[-1]), np.uint8)
+    out[start] = (v & 0x7F) | ((sizes > 1) << 7)
+    for k in range(1, longest):  # byte k of the values that have one (few, past the second)
+        idx = np.flatnonzero(sizes > k)
+        out[start[idx] + k] = ((v[idx] >> (7 * k)) & 0x7F) | ((sizes[idx] > k + 1) << 7)
     return out, sizes
 
 
@@ -108,7 +109,9 @@ def _score_keys(scores: np.ndarray, encoding: dict) -> np.ndarray:
     return np.where(bits >= 1 << 31, 0xFFFFFFFF - bits, bits + (1 << 31))  # order-preserving, sign included
 
 
-def kept_points(n: int, chosen: int | None, max_points: int = MAX_POINTS) -> np.ndarray:
+def kept_points(n: int, chosen: int | None, max_points: int | None = None) -> np.ndarray:
+    """Indices of the points a curve keeps: all, or max_points at evenly spaced ranks plus the chosen one."""
+    max_points = MAX_POINTS if max_points is None else max_points
     if n <= max_points:
         return np.arange(n)
     keep = np.rint(np.linspace(0, n - 1, max_points)).astype(np.int64)
@@ -122,7 +125,7 @@ def _split(data: np.ndarray, nbytes: np.ndarray, counts: np.ndarray) -> list[str
     return [_b64(raw[a:b]) for a, b in zip(ends[:-1].tolist(), ends[1:].tolist())]
 
 
-def encode_sweeps(sweeps: list, chosen: list, encoding: dict, max_points: int = MAX_POINTS) -> list[dict | None]:
+def encode_sweeps(sweeps: list, chosen: list, encoding: dict, max_points: int | None = None) -> list[dict | None]:
     """Each class's curve for the page (None where no sweep): n points in descending score with
     exact counts at each. All classes are encoded in one pass over their concatenated points."""
     present = [i for i, sw in enumerate(sweeps) if sw is not None]
@@ -159,7 +162,7 @@ def encode_sweeps(sweeps: list, chosen: list, encoding: dict, max_points: int = 
     return out
 
 
-def encode_sweep(sweep, encoding: dict, chosen: int | None, max_points: int = MAX_POINTS) -> dict:
+def encode_sweep(sweep, encoding: dict, chosen: int | None, max_points: int | None = None) -> dict:
     return encode_sweeps([sweep], [chosen], encoding, max_points)[0]
 
 

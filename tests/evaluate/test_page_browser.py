@@ -241,3 +241,25 @@ def test_page_with_every_feature_loads_clean(browser, tmp_path, monkeypatch):
     bars = browser.find_elements(By.CSS_SELECTOR, "#ap-chart rect.bar")
     assert len(bars) == sum(c["average_precision"] is not None for c in report["classes"])
     assert browser.find_element(By.ID, "map-ious").text == f"{report['summary']['mean_average_precision_iou_mean']:.3f}"
+
+
+def test_subsampled_class_is_exact_at_the_kept_scores(browser, tmp_path, monkeypatch):
+    from jobs.evaluate import page as page_module
+    from jobs.evaluate.report import Report
+
+    out, report, sweeps, curves = evaluated(tmp_path, monkeypatch, scores="f64")
+    monkeypatch.setattr(page_module, "MAX_POINTS", 8)
+    page = tmp_path / "small.html"
+    page.write_text(render_index(Report.model_validate(report), curves))
+    clean_load(browser, page)
+    i = max(range(len(sweeps)), key=lambda k: -1 if sweeps[k] is None else sweeps[k].thresholds.size)
+    sweep, c = sweeps[i], report["classes"][i]
+    assert sweep.thresholds.size > 8
+    browser.find_element(By.ID, f"sel-{i}").click()
+    kept = page_module.kept_points(sweep.thresholds.size, page_module._at(sweep, c["threshold"]), 8)
+    assert browser.find_element(By.ID, "thr-note").text.startswith(f"Subsampled: {kept.size} of {sweep.thresholds.size}")
+    got = readout(browser)  # the policy's point is always kept
+    assert (int(got["tp"]), int(got["fp"]), float(got["f1"])) == (c["tp"], c["fp"], c["f1"])
+    for t in sweep.thresholds[kept]:
+        type_threshold(browser, t)
+        assert_readout(browser, sweep, t)
