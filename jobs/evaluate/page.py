@@ -415,7 +415,7 @@ BODY = """
   <button id="thr-policy" type="button">back to the policy's threshold</button>
   <p id="thr-note" class="muted" aria-live="polite"></p>
   <table class="readout" aria-live="polite"><tbody>
-   <tr><th scope="row">threshold</th><td id="ro-thr"></td></tr>
+   <tr><th scope="row">threshold</th><td id="ro-thr"></td></tr><tr><th scope="row">scores kept</th><td id="ro-kept"></td></tr>
    <tr><th scope="row">precision</th><td id="ro-p"></td></tr><tr><th scope="row">recall</th><td id="ro-r"></td></tr>
    <tr><th scope="row">F1</th><td id="ro-f1"></td></tr><tr><th scope="row">TP</th><td id="ro-tp"></td></tr>
    <tr><th scope="row">FP</th><td id="ro-fp"></td></tr><tr><th scope="row">FN</th><td id="ro-fn"></td></tr>

@@ -43,13 +43,18 @@ def open_page(browser, path: Path) -> dict:
     return {"url": url, "console": browser.get_log("browser"), "requests": requests}
 
 
-def screenshot(page: Path, png: Path, width: int = 1300, height: int = 1500, colours: int = 64) -> int:
-    """A small PNG of the page's top (palette-quantised); returns its size in bytes."""
+def screenshot(page: Path, png: Path, width: int = 1300, height: int = 1300, colours: int = 128, threshold: str = "0.6") -> int:
+    """A small PNG of the page's top (palette-quantised), the slider moved off the policy's point
+    to `threshold`; returns the PNG's size in bytes."""
     from PIL import Image
+    from selenium.webdriver.common.by import By
 
     browser = start_browser(width, height)
     try:
         open_page(browser, page)
+        box = browser.find_element(By.ID, "thr-input")
+        box.clear()
+        box.send_keys(threshold)
         data = browser.get_screenshot_as_png()
     finally:
         browser.quit()

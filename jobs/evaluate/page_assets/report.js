@@ -231,7 +231,7 @@
     return d;
   }
 
-  function prChart(c, cv, sel, i, policy) {
+  function prChart(c, cv, sel, policy) {
     const svg = $("pr-chart"), f = frame(svg, { x: [0, 1.02], y: [0, 1.02], xlabel: "recall", ylabel: "precision" });
     const draw = (k, cls) => {
       const xs = [0], ys = [1];
@@ -285,12 +285,13 @@
     const svg = $("ap-chart"), w = 1240, h = 240;
     if (!rows.length) { svg.parentElement.hidden = true; return; }
     const f = frame(svg, { w, h, x: [0, rows.length], y: [0, 1], xlabel: `${rows.length} classes, highest AP first`, ylabel: "AP", xticks: true });
-    const bw = (f.X(1) - f.X(0));
+    const slot = f.X(1) - f.X(0), bw = Math.max(Math.min(slot * 0.84, 40), 0.5);
     rows.forEach((c, k) => {
-      const r = sv("rect", { class: "bar", x: f.X(k) + bw * 0.08, width: Math.max(bw * 0.84, 0.5), y: f.Y(c.ap), height: f.Y(0) - f.Y(c.ap), "data-i": c.i });
+      const r = sv("rect", { class: "bar", x: f.X(k) + (slot - bw) / 2, width: bw, y: f.Y(c.ap), height: f.Y(0) - f.Y(c.ap), "data-i": c.i });
       const t = sv("title"); t.textContent = `${c.name}: AP ${c.ap.toFixed(3)}`; r.append(t);
       r.addEventListener("click", () => select(c.i, true));
       svg.append(r);
+      if (rows.length <= 40) { const l = sv("text", { x: f.X(k + 0.5), y: f.h - M.b + 14, "text-anchor": "middle" }); l.textContent = c.name.slice(0, 14); svg.append(l); }
     });
   }
 
@@ -303,8 +304,8 @@
     put("ro-tp", m.tp, String(m.tp)); put("ro-fp", m.fp, String(m.fp)); put("ro-fn", m.fn, String(m.fn));
     put("ro-p", m.p, fmt(m.p, 4)); put("ro-r", m.r, fmt(m.r, 4)); put("ro-f1", m.f1, fmt(m.f1, 4));
     const thr = typed !== null ? typed : i >= 0 ? cv.s[i] : null;
-    $("ro-thr").textContent = i < 0 ? `${thr !== null ? thr + " " : ""}(above the highest score, ${cv.s[0]}: nothing kept)`
-      : typed !== null && typed !== cv.s[i] ? `${typed} (keeps scores \u2265 ${cv.s[i]}, the lowest kept)` : String(cv.s[i]);
+    $("ro-thr").textContent = thr === null ? `> ${cv.s[0]}` : String(thr);
+    $("ro-kept").textContent = i < 0 ? `none: above the highest score, ${cv.s[0]}` : `${cv.s[i]} and above`;
     $("ro-thr").dataset.point = String(i);
     const slider = $("thr-slider");
     slider.value = String(i < 0 ? cv.n : cv.n - 1 - i);
