@@ -27,7 +27,7 @@ from importlib import resources
 
 import numpy as np
 
-from jobs.evaluate.calibration import N_BINS, reliability_bins
+from jobs.evaluate.calibration import N_BINS
 
 MAX_POINTS = 20_000  # distinct scores kept per class curve; above it, a documented subsample
 HISTORY_COLUMNS = ("run_id", "finished_at", "class_id", "name", "status", "threshold", "precision", "recall", "f1",
@@ -181,38 +181,37 @@ def _r(x, digits=6):
     return None if x is None or (isinstance(x, float) and not np.isfinite(x)) else round(float(x), digits)
 
 
-def _bins(scores: np.ndarray, labels: np.ndarray) -> list:
-    """[[count, mean confidence, accuracy], ...] for N_BINS bins (null where empty)."""
-    count, conf, acc = reliability_bins(scores, labels)
-    return _bin_rows(count, conf, acc)
-
-
 def _bin_rows(count, conf, acc) -> list:
     conf, acc = np.round(conf, 4).tolist(), np.round(acc, 4).tolist()
     return [[n, c, a] if n else [0, None, None] for n, c, a in zip(count.tolist(), conf, acc)]
 
 
-def class_bins(curves, use: list[bool], calibrated: bool) -> list[dict | None]:
-    """Per class {'before': bins, 'after': bins} of raw and calibrated scores, all classes in one pass."""
+def class_bins(curves, use: list[bool], calibrated: bool) -> tuple[list[dict | None], dict | None]:
+    """Per class {'before': bins, 'after': bins} of raw and calibrated scores, all classes in one
+    pass, and the same for all of them pooled."""
     sizes = np.array([cc.scores.size if ok else 0 for cc, ok in zip(curves, use)])
     if not sizes.sum():
-        return [None] * len(curves)
+        return [None] * len(curves), None
     cls = np.repeat(np.arange(len(curves)), sizes)
     labels = np.concatenate([cc.labels for cc, ok in zip(curves, use) if ok]).astype(np.float64)
-    out = {}
+    out, pooled = {}, {}
     for key, attr in (("before", "scores"), ("after", "calibrated")):
         if key == "after" and not calibrated:
             continue
         conf = np.concatenate([getattr(cc, attr) for cc, ok in zip(curves, use) if ok])
         idx = cls * N_BINS + np.minimum((conf * N_BINS).astype(np.int64), N_BINS - 1)
         size = len(curves) * N_BINS
-        count = np.bincount(idx, minlength=size)
+        count = np.bincount(idx, minlength=size).reshape(-1, N_BINS)
+        total = np.bincount(idx, weights=conf, minlength=size).reshape(-1, N_BINS)
+        hits = np.bincount(idx, weights=labels, minlength=size).reshape(-1, N_BINS)
         with np.errstate(invalid="ignore", divide="ignore"):
-            mean = np.bincount(idx, weights=conf, minlength=size) / count
-            acc = np.bincount(idx, weights=labels, minlength=size) / count
-        out[key] = (count.reshape(-1, N_BINS), mean.reshape(-1, N_BINS), acc.reshape(-1, N_BINS))
+            out[key] = (count, total / count, hits / count)
+            n = count.sum(0)
+            pooled[key] = _bin_rows(n, total.sum(0) / n, hits.sum(0) / n)
     rows = {k: _bin_rows(*(a.reshape(-1) for a in v)) for k, v in out.items()}  # one conversion for all classes
-    return [{k: r[c * N_BINS:(c + 1) * N_BINS] for k, r in rows.items()} if sizes[c] else None for c in range(len(curves))]
+    per_class = [{k: r[c * N_BINS:(c + 1) * N_BINS] for k, r in rows.items()} if sizes[c] else None
+                 for c in range(len(curves))]
+    return per_class, pooled
 
 
 def _report_bins(bins) -> list:
@@ -259,7 +258,7 @@ def page_data(report, curves, history: list[dict] | None = None) -> dict:
     encoded = encode_sweeps(table_sweeps, chosen, encoding)
     encoded_side = encode_sweeps(side_sweeps, [_at(sw, r.threshold) for sw, r in zip(side_sweeps, report.classes)], encoding)
     use = [cc is not None and probabilities and cc.scores.size > 0 for cc in curves]
-    bins = class_bins(curves, use, all(cc.calibrated is not None for cc, ok in zip(curves, use) if ok)) if any(use) else []
+    bins, pooled = class_bins(curves, use, all(cc.calibrated is not None for cc, ok in zip(curves, use) if ok))
     classes = []
     for c, (result, cc) in enumerate(zip(report.classes, curves)):
         row = {"i": c, "id": result.class_id, "name": result.name, "status": result.status, "gt": result.n_ground_truth,
@@ -289,10 +288,8 @@ def page_data(report, curves, history: list[dict] | None = None) -> dict:
     if report.calibration:
         reliability = {"before": _report_bins(report.calibration.reliability_before),
                        "after": _report_bins(report.calibration.reliability_after)}
-    elif probabilities and any(cc is not None and cc.scores.size for cc in curves):
-        scores = np.concatenate([cc.scores for cc in curves if cc is not None])
-        labels = np.concatenate([cc.labels for cc in curves if cc is not None])
-        reliability = {"before": _bins(scores, labels)}
+    elif pooled:
+        reliability = {"before": pooled["before"]}
     return {
         "run": report.run.id, "policy": report.matching.policy, "encoding": encoding, "max_points": MAX_POINTS,
         "n_bins": N_BINS, "holdout": report.holdout is not None, "calibrated": report.calibration is not None,

@@ -31,6 +31,23 @@ class ClassCurves:
     labels: np.ndarray  # true positive at the IoU threshold
 
 
+def _class_sweeps(cls: np.ndarray, score: np.ndarray, tp: np.ndarray, n_gt: np.ndarray) -> list[Sweep | None]:
+    """sweep_thresholds for every class at once; rows sorted by class, then descending score."""
+    n_classes = n_gt.size
+    bounds = np.searchsorted(cls, np.arange(n_classes + 1))
+    # Cumulative counts restart at each class; a point is the last row of a run of equal scores.
+    tp_cum = np.cumsum(tp, dtype=np.int64)
+    before = np.r_[0, tp_cum][bounds[:-1]]
+    starts = np.repeat(bounds[:-1], np.diff(bounds))
+    tp_class = tp_cum - np.repeat(before, np.diff(bounds))
+    fp_class = np.arange(1, cls.size + 1) - starts - tp_class
+    last = np.flatnonzero(np.r_[(score[1:] != score[:-1]) | (cls[1:] != cls[:-1]), True]) if cls.size else np.zeros(0, np.int64)
+    at = np.searchsorted(cls[last], np.arange(n_classes + 1))
+    thresholds, tps, fps = score[last], tp_class[last], fp_class[last]
+    return [Sweep(thresholds[at[c]:at[c + 1]], tps[at[c]:at[c + 1]], fps[at[c]:at[c + 1]], int(n_gt[c]))
+            if n_gt[c] and at[c + 1] > at[c] else None for c in range(n_classes)]
+
+
 def class_curves(aligned, matches, evaluation_mask: np.ndarray | None, calibrated: np.ndarray | None) -> list[ClassCurves]:
     """Per class: the sweep on the selection images (all images without a holdout), on the held-out
     images, and the raw/calibrated scores with their labels. One sort for all classes."""
@@ -40,22 +57,18 @@ def class_curves(aligned, matches, evaluation_mask: np.ndarray | None, calibrate
     # detection of each run of equal scores do not depend on the order within the run.
     order = stable_order((det.cls, n_classes), descending_rank(det.score))
     order = order[~matches.ignored[order]]
-    bounds = np.searchsorted(det.cls[order], np.arange(n_classes + 1))
-    masks = [None] if evaluation_mask is None else [~evaluation_mask, evaluation_mask]
-    n_gt = [np.bincount(gt.cls[~gt.crowd & (True if m is None else m[gt.image])], minlength=n_classes) for m in masks]
-    score, tp, image = det.score[order], matches.tp[order], det.image[order]
+    cls, score, tp, image = det.cls[order], det.score[order], matches.tp[order], det.image[order]
+    sweeps = []
+    for m in [None] if evaluation_mask is None else [~evaluation_mask, evaluation_mask]:
+        n_gt = np.bincount(gt.cls[~gt.crowd & (True if m is None else m[gt.image])], minlength=n_classes)
+        rows = slice(None) if m is None else m[image]
+        sweeps.append(_class_sweeps(cls[rows], score[rows], tp[rows], n_gt))
+    bounds = np.searchsorted(cls, np.arange(n_classes + 1))
     cal = None if calibrated is None else calibrated[order]
-    out = []
-    for c in range(n_classes):
-        lo, hi = bounds[c], bounds[c + 1]
-        sweeps = []
-        for m, n in zip(masks, n_gt):
-            keep = slice(lo, hi) if m is None else lo + np.flatnonzero(m[image[lo:hi]])
-            rows = score[keep]
-            sweeps.append(sweep_thresholds(rows, tp[keep], int(n[c])) if n[c] and rows.size else None)
-        out.append(ClassCurves(sweeps[0], sweeps[1] if len(sweeps) > 1 else None, score[lo:hi],
-                               None if cal is None else cal[lo:hi], tp[lo:hi]))
-    return out
+    evaluation = sweeps[1] if len(sweeps) > 1 else [None] * n_classes
+    return [ClassCurves(sweeps[0][c], evaluation[c], score[bounds[c]:bounds[c + 1]],
+                        None if cal is None else cal[bounds[c]:bounds[c + 1]], tp[bounds[c]:bounds[c + 1]])
+            for c in range(n_classes)]
 
 
 def plot_name(index: int, name: str, kind: str) -> str:

@@ -38,9 +38,11 @@ def clean_load(browser, path):
     return load
 
 
-def evaluated(tmp_path, monkeypatch, *, scores="dec", n_classes=5, n_images=80, **env):
+def evaluated(tmp_path, monkeypatch, *, scores="dec", n_classes=5, n_images=80, names=(), **env):
     """Run the job (page on by default) and return (out folder, report dict, the table's sweeps)."""
     gt, dets = make_coco_case(11, n_images=n_images, n_classes=n_classes, round_scores=2 if scores == "dec" else None)
+    for category, name in zip(gt["categories"], names):
+        category["name"] = name
     if scores != "dec":
         for k, d in enumerate(dets):  # ties: some detections repeat the previous one's score
             d["score"] = dets[k - 1]["score"] if k % 4 == 3 else d["score"]
@@ -263,3 +265,13 @@ def test_subsampled_class_is_exact_at_the_kept_scores(browser, tmp_path, monkeyp
     for t in sweep.thresholds[kept]:
         type_threshold(browser, t)
         assert_readout(browser, sweep, t)
+
+
+def test_class_names_are_text_not_markup(browser, tmp_path, monkeypatch):
+    hostile = ["</script><img src=x onerror=console.error(1)>", "<b>bold</b> & \u00e9\u00e8 \U0001F600", "x\"y'z"]
+    out, report, _, _ = evaluated(tmp_path, monkeypatch, names=hostile)
+    clean_load(browser, out / "index.html")  # an injected <img> would show as a request and a console error
+    cells = [b.text for b in browser.find_elements(By.CSS_SELECTOR, "#classes-body button.link")]
+    assert cells[:3] == hostile
+    browser.find_element(By.ID, "sel-0").click()
+    assert browser.find_element(By.ID, "detail-h").text == "Class: " + hostile[0]

@@ -97,3 +97,52 @@ def test_large_classes_keep_a_subsample_with_the_chosen_point():
     scores, tp, fp = decode(curve, {"kind": "f32"})
     assert np.array_equal(scores, sweep.thresholds[keep])
     assert np.array_equal(tp, sweep.tp[keep]) and np.array_equal(fp, sweep.fp[keep])
+
+
+def test_all_class_sweeps_at_once_equal_one_sweep_per_class():
+    from jobs.evaluate.plots import _class_sweeps
+
+    rng = np.random.default_rng(5)
+    cls = np.sort(rng.integers(0, 30, 5000))
+    cls[cls == 7] = 8  # a class without detections
+    score = np.round(rng.random(cls.size), 2)  # ties within and across classes
+    order = np.lexsort((-score, cls))
+    cls, score, tp = cls[order], score[order], rng.random(cls.size) < 0.3
+    n_gt = np.bincount(cls, minlength=31) + 1
+    n_gt[3] = 0  # detections but no ground truth
+    got = _class_sweeps(cls, score, tp, n_gt)
+    for c in range(31):
+        mine = cls == c
+        if not (n_gt[c] and mine.any()):
+            assert got[c] is None
+            continue
+        want = sweep_thresholds(score[mine], tp[mine], int(n_gt[c]))
+        for name in ("thresholds", "tp", "fp"):
+            assert np.array_equal(getattr(got[c], name), getattr(want, name))
+        assert got[c].n_ground_truth == want.n_ground_truth
+
+
+def test_reliability_bins_of_all_classes_at_once_equal_each_class_alone():
+    from jobs.evaluate.calibration import reliability_bins
+    from jobs.evaluate.plots import ClassCurves
+
+    rng = np.random.default_rng(6)
+    curves = []
+    for n in (40, 0, 300, 7):
+        s = rng.random(n)
+        s[:2] = [0.0, 1.0][: min(n, 2)]  # both ends of [0, 1]
+        curves.append(ClassCurves(None, None, s, rng.random(n), rng.random(n) < s))
+    per_class, pooled = page.class_bins(curves, [cc.scores.size > 0 for cc in curves], calibrated=True)
+    assert per_class[1] is None
+    for cc, bins in zip(curves, per_class):
+        if bins is None:
+            continue
+        for key, values in (("before", cc.scores), ("after", cc.calibrated)):
+            count, conf, acc = reliability_bins(values, cc.labels)
+            assert [b[0] for b in bins[key]] == count.tolist()
+            filled = count > 0
+            assert np.allclose([b[1] for b in bins[key] if b[0]], conf[filled], atol=5e-5)
+            assert np.allclose([b[2] for b in bins[key] if b[0]], acc[filled], atol=5e-5)
+    count, _, acc = reliability_bins(np.concatenate([c.scores for c in curves]), np.concatenate([c.labels for c in curves]))
+    assert [b[0] for b in pooled["before"]] == count.tolist()
+    assert np.allclose([b[2] for b in pooled["before"] if b[0]], acc[count > 0], atol=5e-5)
