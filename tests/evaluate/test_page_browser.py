@@ -275,3 +275,30 @@ def test_class_names_are_text_not_markup(browser, tmp_path, monkeypatch):
     assert cells[:3] == hostile
     browser.find_element(By.ID, "sel-0").click()
     assert browser.find_element(By.ID, "detail-h").text == "Class: " + hostile[0]
+
+
+def test_drifted_classes_are_marked_in_words(browser, tmp_path, monkeypatch):
+    gt, dets = make_coco_case(13, n_images=80)
+    gt_path, det_path = write_case(tmp_path, gt, dets)
+    first = tmp_path / "first"
+    assert job.run(eval_settings(monkeypatch, predictions_uri=det_path, annotations_uri=gt_path, output_uri=first),
+                   "first", LOG) == 0
+    for d in dets:
+        d["score"] = round(d["score"] / 2, 3)  # every threshold halves: drift
+    det_path.write_text(json.dumps(dets))
+    out = tmp_path / "second"
+    assert job.run(eval_settings(monkeypatch, predictions_uri=det_path, annotations_uri=gt_path, output_uri=out,
+                                 baseline_uri=first / "thresholds.json", fail_on_drift="false"), "second", LOG) == 0
+    report = json.loads((out / "thresholds.json").read_text())
+    drifted = {c["class"] for c in report["drift"]["changed"]}
+    assert drifted
+    clean_load(browser, out / "index.html")
+    rows = browser.find_elements(By.CSS_SELECTOR, "#classes-body tr")
+    marked = {r.find_element(By.CSS_SELECTOR, "button.link").text for r in rows if "drifted" in r.get_attribute("class")}
+    assert marked == drifted
+    for r in rows:
+        last = r.find_elements(By.TAG_NAME, "td")[-1].text
+        name = r.find_element(By.CSS_SELECTOR, "button.link").text
+        assert last.startswith("\u25b2 ") == (name in drifted)  # a word and a sign, not colour alone
+    browser.find_element(By.ID, "drift-only").click()
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#classes-body tr")) == len(drifted)

@@ -211,7 +211,9 @@
     svg.append(sv("rect", { x: x0, y: y0, width: bw, height: bh, fill: "#fff", "fill-opacity": 0.88, stroke: "#ccc" }));
     items.forEach((it, k) => {
       const y = y0 + 15 + 14 * k, x = x0 + 6;
-      svg.append(sv(it.marker ? "circle" : "line", it.marker ? { cx: x + 10, cy: y - 4, r: 4, class: it.cls } : { x1: x, x2: x + 22, y1: y - 4, y2: y - 4, class: it.cls }));
+      if (it.marker === "diamond") svg.append(sv("rect", { x: x + 7, y: y - 7, width: 6, height: 6, transform: `rotate(45 ${x + 10} ${y - 4})`, class: it.cls }));
+      else if (it.marker) svg.append(sv("circle", { cx: x + 10, cy: y - 4, r: 4, class: it.cls }));
+      else svg.append(sv("line", { x1: x, x2: x + 22, y1: y - 4, y2: y - 4, class: it.cls }));
       const t = sv("text", { x: x + 27, y }); t.textContent = it.label; svg.append(t);
     });
   }
@@ -245,7 +247,7 @@
     if (side) items.push({ cls: "s-alt", label: "selection images" });
     if (policy >= 0) { const m = metrics(cv, policy); marker(svg, f.X(m.r), f.Y(m.p), "m-policy", `policy threshold ${c.thr}`); items.push({ marker: true, cls: "m-policy", label: "policy point" }); }
     if (sel >= 0) { const m = metrics(cv, sel); marker(svg, f.X(m.r), f.Y(m.p), "m-slider", "slider", "diamond"); }
-    items.push({ marker: true, cls: "m-slider", label: "slider (diamond)" });
+    items.push({ marker: "diamond", cls: "m-slider", label: "slider" });
     legend(svg, f, items, "ll");
   }
   function thrChart(c, cv, t, policy) {
@@ -258,7 +260,7 @@
     if (c.thr !== null && c.thr !== undefined) svg.append(sv("line", { class: "v-policy", x1: f.X(c.thr), x2: f.X(c.thr), y1: f.Y(0), y2: f.Y(1.02) }));
     if (t !== null && isFinite(t)) { const x = f.X(Math.min(Math.max(t, lo), hi)); svg.append(sv("line", { class: "v-slider", x1: x, x2: x, y1: f.Y(0), y2: f.Y(1.02) })); }
     legend(svg, f, [{ cls: "s-p", label: "precision" }, { cls: "s-r", label: "recall (dashed)" }, { cls: "s-f1", label: "F1 (dotted)" },
-      { cls: "v-policy", label: "policy threshold" }, { cls: "v-slider", label: "slider" }], "ll");
+      { cls: "v-policy", label: "policy (dash-dot)" }, { cls: "v-slider", label: "slider (solid)" }], "ll");
   }
   function reliabilityChart(svg, rel) {
     const f = frame(svg, { x: [0, 1], y: [0, 1.02], xlabel: `score (${D.n_bins} equal-width bins)`, ylabel: "share true positive" });
