@@ -40,10 +40,13 @@ def clean_load(browser, path):
 
 def evaluated(tmp_path, monkeypatch, *, scores="dec", n_classes=5, n_images=80, names=(), **env):
     """Run the job (page on by default) and return (out folder, report dict, the table's sweeps)."""
-    gt, dets = make_coco_case(11, n_images=n_images, n_classes=n_classes, round_scores=2 if scores == "dec" else None)
+    gt, dets = make_coco_case(11, n_images=n_images, n_classes=n_classes, round_scores=2 if scores in ("dec", "logits") else None)
     for category, name in zip(gt["categories"], names):
         category["name"] = name
-    if scores != "dec":
+    if scores == "logits":  # not probabilities, negative too: decimal keys below zero, no reliability diagram
+        for d in dets:
+            d["score"] = round((d["score"] - 0.5) * 12, 2)
+    elif scores != "dec":
         for k, d in enumerate(dets):  # ties: some detections repeat the previous one's score
             d["score"] = dets[k - 1]["score"] if k % 4 == 3 else d["score"]
             d["score"] = float(np.float32(d["score"])) if scores == "f32" else d["score"]
@@ -96,12 +99,13 @@ def a_class_with_ties(report, sweeps, curves):
     raise AssertionError("the case has no class with tied scores")
 
 
-@pytest.mark.parametrize("scores", ["dec", "f32", "f64"])
+@pytest.mark.parametrize("scores", ["dec", "f32", "f64", "logits"])
 def test_slider_and_typed_threshold_read_the_sweep_exactly(browser, tmp_path, monkeypatch, scores):
     out, report, sweeps, curves = evaluated(tmp_path, monkeypatch, scores=scores)
     clean_load(browser, out / "index.html")
     data = json.loads(browser.find_element(By.ID, "report-data").get_attribute("textContent"))
-    assert data["encoding"]["kind"] == scores
+    assert data["encoding"]["kind"] == ("dec" if scores == "logits" else scores)
+    assert (scores == "logits") == (data["reliability"] is None)
     i, sweep, tie = a_class_with_ties(report, sweeps, curves)
     browser.find_element(By.ID, f"sel-{i}").click()
     assert browser.find_element(By.ID, "detail-h").text == "Class: " + report["classes"][i]["name"]
