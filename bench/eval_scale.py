@@ -206,6 +206,8 @@ def run_job(gt: Path, pred: Path, out: Path, **extra) -> dict:
                 "EVAL_IOU_THRESHOLD": str(IOU), **{f"EVAL_{k.upper()}": str(v) for k, v in extra.items()}})
     if job_has_setting("EVAL_PLOTS"):
         env["EVAL_PLOTS"] = "false"  # the peers draw no plots either: compare evaluation with evaluation
+    if job_has_setting("EVAL_REPORT_PAGE") and "report_page" not in extra:
+        env["EVAL_REPORT_PAGE"] = "false"  # nor pages (bench/report_page.py measures the page)
     wall, rss, text, cpu = run_measured([PY, "-m", "jobs.evaluate"], env)
     report = json.loads((out / "thresholds.json").read_text())
     return {"wall": wall, "rss": rss, "cpu": cpu, "report": report, "log": text}

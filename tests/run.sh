@@ -8,6 +8,14 @@ cd "$(dirname "$0")/.."
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[eval,train,dev]'
 
+# The report page's tests drive a real headless browser: Debian's chromium and its driver.
+if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+  as_root=""
+  [ "$(id -u)" -eq 0 ] || as_root="sudo -n"
+  $as_root apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $as_root apt-get install -y -qq chromium chromium-driver >/dev/null
+fi
+
 # Container-image tests build and run images daemonless (buildah/podman) on a locally made base.
 if [ -f tests/images/prepare.sh ]; then
   bash tests/images/prepare.sh

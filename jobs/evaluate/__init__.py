@@ -5,7 +5,7 @@
     EVAL_OUTPUT_URI=s3://bucket/reports/run-1 python -m jobs.evaluate
     python -m jobs.evaluate --help          # every EVAL_ variable with its default
 
-Scheduled (CronJob): each run writes <prefix>/runs/$RUN_ID/{thresholds.json,index.html,plots/},
+Scheduled (CronJob): each run writes <prefix>/runs/$RUN_ID/{thresholds.json,index.html},
 compares with the previous run, moves <prefix>/latest.json, and exits 3 when thresholds drifted:
 
     RUN_ID=nightly-29000000 EVAL_OUTPUT_URI=s3://bucket/reports/nightly EVAL_OUTPUT_LAYOUT=runs \\

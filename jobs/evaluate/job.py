@@ -24,7 +24,7 @@ from jobs.evaluate.drift import drift_block, read_baseline
 from jobs.evaluate.load import detect_format, read_input
 from jobs.evaluate.match import Matches, match_at_thresholds
 from jobs.evaluate.nms import nms_keep
-from jobs.evaluate.page import render_index
+from jobs.evaluate.page import HISTORY_COLUMNS, history_rows, render_index
 from jobs.evaluate.plots import class_curves, render_plots
 from jobs.evaluate.publish import REPORT_NAME, destination, latest_report_uri, update_pointer
 from jobs.evaluate.report import Alignment, Artifacts, Holdout, Matching, Nms, Report, RunInfo, input_info
@@ -32,6 +32,7 @@ from jobs.evaluate.settings import EvalSettings
 from jobs.evaluate.split import holdout_mask, take_images
 
 INDEX_NAME = "index.html"
+HISTORY_NAME = "history.parquet"  # runs layout: one row per (run, class); see the history panel
 
 
 def load_inputs(settings: EvalSettings, log):
@@ -50,7 +51,7 @@ def load_inputs(settings: EvalSettings, log):
 
 
 def run(settings: EvalSettings, run_id: str, log: structlog.BoundLogger) -> int:
-    """Evaluate, write plots and index.html, then the report (the commit), then the latest pointer."""
+    """Evaluate, write index.html (and PNG plots), then the report (the commit), then the latest pointer."""
     started = time.perf_counter()
     dest = destination(settings.output_uri, settings.output_layout, run_id)
     # Before the work: a missing bucket or read-only credentials fail now, not after it.
@@ -64,16 +65,8 @@ def run(settings: EvalSettings, run_id: str, log: structlog.BoundLogger) -> int:
         return drift_exit_code(doc, settings.fail_on_drift, log)
 
     report, evidence = evaluate(settings, run_id, log)
-    if settings.plots:
-        t0 = time.perf_counter()
-        files, per_class, pooled = render_plots(report, class_curves(
-            evidence.aligned, evidence.matches, evidence.evaluation_mask, evidence.calibrated))
-        files[INDEX_NAME] = render_index(report, per_class, pooled, REPORT_NAME).encode()
-        report.artifacts = Artifacts(index=INDEX_NAME, plots=sorted(n for n in files if n != INDEX_NAME))
-        for name, data in files.items():
-            storage.write(storage.join(dest.prefix, name), data,
-                          content_type="text/html; charset=utf-8" if name == INDEX_NAME else "image/png")
-        log.info("plots written", prefix=dest.prefix, files=len(files), seconds=round(time.perf_counter() - t0, 3))
+    if settings.report_page or settings.plots:
+        write_page_and_plots(settings, dest, report, evidence, log)
 
     body = report.model_dump_json(indent=2).encode()
     try:
@@ -84,11 +77,53 @@ def run(settings: EvalSettings, run_id: str, log: structlog.BoundLogger) -> int:
     doc = json.loads(body)
     s = report.summary
     log.info("report written", uri=dest.report_uri, mean_average_precision=s.mean_average_precision,
-             macro_f1=s.macro_f1, classes=len(report.classes), seconds=round(time.perf_counter() - started, 3))
+             macro_f1=s.macro_f1, classes=len(report.classes), seconds=round(time.perf_counter() - started, 3),
+             page=storage.join(dest.prefix, report.artifacts.index) if report.artifacts and report.artifacts.index else None)
     update_pointer(dest, doc, log)
     if sys.stdout.isatty():
         print(format_table(report), flush=True)
     return drift_exit_code(doc, settings.fail_on_drift, log)
+
+
+def write_page_and_plots(settings: EvalSettings, dest, report: Report, evidence: "Evidence", log) -> None:
+    """index.html (EVAL_REPORT_PAGE) and plots/*.png (EVAL_PLOTS), each file whole; sets report.artifacts."""
+    t0, cpu0 = time.perf_counter(), time.process_time()
+    curves = class_curves(evidence.aligned, evidence.matches, evidence.evaluation_mask, evidence.calibrated)
+    files, per_class, pooled = render_plots(report, curves) if settings.plots else ({}, {}, None)
+    page_uri = None
+    if settings.report_page:
+        history = None  # the panel needs the runs layout: earlier runs' rows, then this run's
+        if dest.pointer_uri is not None:
+            history = [r for r in read_history(dest, log) if r.get("run_id") != report.run.id] + history_rows(report)
+        files[INDEX_NAME] = render_index(report, curves, history=history, plots=per_class, pooled=pooled,
+                                         report_name=REPORT_NAME).encode()
+        page_uri = storage.join(dest.prefix, INDEX_NAME)
+    report.artifacts = Artifacts(index=INDEX_NAME if settings.report_page else None,
+                                 plots=sorted(n for n in files if n != INDEX_NAME))
+    for name, data in files.items():
+        storage.write(storage.join(dest.prefix, name), data,
+                      content_type="text/html; charset=utf-8" if name == INDEX_NAME else "image/png")
+    log.info("page written" if page_uri else "plots written", page=page_uri, plots=len(report.artifacts.plots),
+             bytes=sum(map(len, files.values())), seconds=round(time.perf_counter() - t0, 3),
+             cpu_seconds=round(time.process_time() - cpu0, 3))
+
+
+def read_history(dest, log) -> list[dict]:
+    """Earlier runs' rows from <EVAL_OUTPUT_URI>/history.parquet (runs layout), for the page; [] if none."""
+    uri = storage.join(dest.root, HISTORY_NAME)
+    if not storage.exists(uri):
+        return []
+    import io
+
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(io.BytesIO(storage.read(uri).data))
+        rows = table.select([c for c in HISTORY_COLUMNS if c in table.column_names]).to_pylist()
+    except Exception as exc:  # noqa: BLE001 - a broken history costs the panel, never the run
+        log.warning("history not shown on the page", uri=uri, error=str(exc)[:200])
+        return []
+    return rows
 
 
 def drift_exit_code(doc: dict, fail_on_drift: bool, log) -> int:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from jobs.evaluate.calibration import N_BINS, reliability_bins
+from jobs.evaluate.match import descending_rank, stable_order
 from jobs.evaluate.sweep import Sweep, sweep_thresholds
 
 PLOTS_FOLDER = "plots"
@@ -30,32 +31,44 @@ class ClassCurves:
     labels: np.ndarray  # true positive at the IoU threshold
 
 
-def _sweeps(aligned, matches, image_mask: np.ndarray) -> list[Sweep | None]:
-    det, gt = aligned.det, aligned.gt
-    n_classes = len(aligned.classes)
-    gt_in = image_mask[gt.image] & ~gt.crowd
-    n_gt = np.bincount(gt.cls[gt_in], minlength=n_classes)
-    keep = np.flatnonzero(~matches.ignored & image_mask[det.image])
-    order = keep[np.lexsort((keep, det.image[keep], -det.score[keep], det.cls[keep]))]
-    bounds = np.searchsorted(det.cls[order], np.arange(n_classes + 1))
-    out = []
-    for c in range(n_classes):
-        rows = order[bounds[c]:bounds[c + 1]]
-        out.append(sweep_thresholds(det.score[rows], matches.tp[rows], int(n_gt[c])) if n_gt[c] and rows.size else None)
-    return out
+def _class_sweeps(cls: np.ndarray, score: np.ndarray, tp: np.ndarray, n_gt: np.ndarray) -> list[Sweep | None]:
+    """sweep_thresholds for every class at once; rows sorted by class, then descending score."""
+    n_classes = n_gt.size
+    bounds = np.searchsorted(cls, np.arange(n_classes + 1))
+    # Cumulative counts restart at each class; a point is the last row of a run of equal scores.
+    tp_cum = np.cumsum(tp, dtype=np.int64)
+    before = np.r_[0, tp_cum][bounds[:-1]]
+    starts = np.repeat(bounds[:-1], np.diff(bounds))
+    tp_class = tp_cum - np.repeat(before, np.diff(bounds))
+    fp_class = np.arange(1, cls.size + 1) - starts - tp_class
+    last = np.flatnonzero(np.r_[(score[1:] != score[:-1]) | (cls[1:] != cls[:-1]), True]) if cls.size else np.zeros(0, np.int64)
+    at = np.searchsorted(cls[last], np.arange(n_classes + 1))
+    thresholds, tps, fps = score[last], tp_class[last], fp_class[last]
+    return [Sweep(thresholds[at[c]:at[c + 1]], tps[at[c]:at[c + 1]], fps[at[c]:at[c + 1]], int(n_gt[c]))
+            if n_gt[c] and at[c + 1] > at[c] else None for c in range(n_classes)]
 
 
 def class_curves(aligned, matches, evaluation_mask: np.ndarray | None, calibrated: np.ndarray | None) -> list[ClassCurves]:
-    everything = np.ones(aligned.n_images, dtype=bool)
-    selection = _sweeps(aligned, matches, everything if evaluation_mask is None else ~evaluation_mask)
-    evaluation = [None] * len(selection) if evaluation_mask is None else _sweeps(aligned, matches, evaluation_mask)
-    det, used = aligned.det, ~matches.ignored
-    out = []
-    for c in range(len(aligned.classes)):
-        mine = used & (det.cls == c)
-        out.append(ClassCurves(selection[c], evaluation[c], det.score[mine],
-                               None if calibrated is None else calibrated[mine], matches.tp[mine]))
-    return out
+    """Per class: the sweep on the selection images (all images without a holdout), on the held-out
+    images, and the raw/calibrated scores with their labels. One sort for all classes."""
+    det, gt = aligned.det, aligned.gt
+    n_classes = len(aligned.classes)
+    # By class, then descending score (the run's cached rank): the sweep's counts at the last
+    # detection of each run of equal scores do not depend on the order within the run.
+    order = stable_order((det.cls, n_classes), descending_rank(det.score))
+    order = order[~matches.ignored[order]]
+    cls, score, tp, image = det.cls[order], det.score[order], matches.tp[order], det.image[order]
+    sweeps = []
+    for m in [None] if evaluation_mask is None else [~evaluation_mask, evaluation_mask]:
+        n_gt = np.bincount(gt.cls[~gt.crowd & (True if m is None else m[gt.image])], minlength=n_classes)
+        rows = slice(None) if m is None else m[image]
+        sweeps.append(_class_sweeps(cls[rows], score[rows], tp[rows], n_gt))
+    bounds = np.searchsorted(cls, np.arange(n_classes + 1))
+    cal = None if calibrated is None else calibrated[order]
+    evaluation = sweeps[1] if len(sweeps) > 1 else [None] * n_classes
+    return [ClassCurves(sweeps[0][c], evaluation[c], score[bounds[c]:bounds[c + 1]],
+                        None if cal is None else cal[bounds[c]:bounds[c + 1]], tp[bounds[c]:bounds[c + 1]])
+            for c in range(n_classes)]
 
 
 def plot_name(index: int, name: str, kind: str) -> str:

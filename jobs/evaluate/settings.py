@@ -94,7 +94,15 @@ class EvalSettings(BaseSettings):
         description="'flat': write into EVAL_OUTPUT_URI. 'runs' (scheduled runs): write into "
         "EVAL_OUTPUT_URI/runs/<run id>/ (the report only if absent), then point EVAL_OUTPUT_URI/latest.json at it.",
     )
-    plots: bool = Field(True, description="Write PNG plots per class and an index.html beside the report.")
+    report_page: bool = Field(
+        True,
+        description="Write index.html beside the report: one self-contained interactive page (sortable class table, "
+        "PR and P/R/F1-vs-threshold curves with a threshold slider, reliability diagrams, history of scheduled runs).",
+    )
+    plots: bool = Field(
+        False, description="Also write PNG plots per class (plots/*.png: PR curve, F1 vs threshold, reliability), "
+        "for embedding elsewhere; the page links them when both are on. Slower (matplotlib).",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
 
     @field_validator("predictions_uri", "annotations_uri")

@@ -1,5 +1,6 @@
-"""Plots and index.html: every reference resolves to a written file, every plot is a valid PNG,
-nothing is fetched from the network, and the report lists what was written."""
+"""index.html and the opt-in PNG plots: the page is on by default and the PNGs off; every reference
+resolves to a written file, every plot is a valid PNG, the page names no external resource, and the
+report lists what was written. (The page in a browser: test_page_browser.py.)"""
 
 import io
 import json
@@ -34,7 +35,9 @@ def check_page(read, html: str, report: dict) -> None:
     refs = references(html)
     assert refs, "the page shows nothing"
     assert not [r for r in refs if re.match(r"^[a-z]+:", r) or r.startswith("/")], "offline: relative links only"
-    assert "<script" not in html and "http://" not in html and "https://" not in html
+    assert "http://" not in html and "https://" not in html and "//" + "cdn" not in html
+    assert not re.search(r"<script[^>]*\bsrc=", html) and not re.search(r"<link[^>]*\bhref=", html), "inline only"
+    assert re.search(r'<script type="application/json" id="report-data">', html)
     for ref in refs:
         data = read(ref)  # raises if missing
         if ref.endswith(".png"):
@@ -49,7 +52,7 @@ def test_local_page_with_every_feature(tmp_path, monkeypatch):
     out = tmp_path / "out"
     code = job.run(settings(monkeypatch, predictions_uri=det_path, annotations_uri=gt_path, output_uri=out,
                             calibration="temperature", bootstrap="20", holdout_fraction="0.3", nms_iou="0.7",
-                            baseline_uri="latest"), "page-test", LOG)
+                            baseline_uri="latest", plots="true"), "page-test", LOG)
     assert code == 0
     report = json.loads((out / "thresholds.json").read_text())
     html = (out / "index.html").read_text()
@@ -63,25 +66,51 @@ def test_local_page_with_every_feature(tmp_path, monkeypatch):
         kinds = {p.rsplit("-", 1)[1] for p in written if p.startswith(f"plots/{i:03d}-")}
         if c["n_ground_truth"] and c["n_predictions"]:
             assert kinds == {"pr.png", "f1.png", "reliability.png"}
-    for section in ("Holdout", "Calibration", "Bootstrap", "Drift", "Reliability, all classes"):
-        assert f"<h2>{section}" in html
+    for section in ("Holdout", "Calibration", "Bootstrap", "Drift", "Reliability, all classes", "PNG plots"):
+        assert f">{section}" in html
 
 
 def test_image_level_page(tmp_path, monkeypatch):
     pred, gt = image_level_overconfident(tmp_path, temperature=2.0, n_images=200)
     out = tmp_path / "out"
     assert job.run(settings(monkeypatch, predictions_uri=pred, annotations_uri=gt, output_uri=out,
-                            calibration="temperature"), "image-level", LOG) == 0
+                            calibration="temperature", plots="true"), "image-level", LOG) == 0
     report = json.loads((out / "thresholds.json").read_text())
     check_page(lambda ref: (out / ref).read_bytes(), (out / "index.html").read_text(), report)
 
 
-def test_plots_off_writes_the_report_only(tmp_path, monkeypatch):
+def test_defaults_write_the_page_and_no_pngs(tmp_path, monkeypatch):
+    gt, dets = make_coco_case(7, n_images=10)
+    gt_path, det_path = write_case(tmp_path, gt, dets)
+    out = tmp_path / "out"
+    assert job.run(settings(monkeypatch, predictions_uri=det_path, annotations_uri=gt_path, output_uri=out),
+                   "defaults", LOG) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["index.html", "thresholds.json"]
+    report = json.loads((out / "thresholds.json").read_text())
+    assert report["artifacts"] == {"index": "index.html", "plots": []}
+    html = (out / "index.html").read_text()
+    check_page(lambda ref: (out / ref).read_bytes(), html, report)
+    assert "<img" not in html
+
+
+def test_pngs_without_the_page(tmp_path, monkeypatch):
     gt, dets = make_coco_case(7, n_images=10)
     gt_path, det_path = write_case(tmp_path, gt, dets)
     out = tmp_path / "out"
     assert job.run(settings(monkeypatch, predictions_uri=det_path, annotations_uri=gt_path, output_uri=out,
-                            plots="false"), "no-plots", LOG) == 0
+                            plots="true", report_page="false"), "pngs", LOG) == 0
+    report = json.loads((out / "thresholds.json").read_text())
+    assert report["artifacts"]["index"] is None and report["artifacts"]["plots"]
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*.png")) == report["artifacts"]["plots"]
+    assert not (out / "index.html").exists()
+
+
+def test_page_and_plots_off_write_the_report_only(tmp_path, monkeypatch):
+    gt, dets = make_coco_case(7, n_images=10)
+    gt_path, det_path = write_case(tmp_path, gt, dets)
+    out = tmp_path / "out"
+    assert job.run(settings(monkeypatch, predictions_uri=det_path, annotations_uri=gt_path, output_uri=out,
+                            report_page="false"), "no-page", LOG) == 0
     assert sorted(p.name for p in out.iterdir()) == ["thresholds.json"]
     assert json.loads((out / "thresholds.json").read_text())["artifacts"] is None
 

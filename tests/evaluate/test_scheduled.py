@@ -28,7 +28,7 @@ def inputs(s3):
 def nightly(monkeypatch, s3, inputs, predictions="pred", **extra):
     return settings(monkeypatch, predictions_uri=inputs[predictions], annotations_uri=inputs["gt"],
                     output_uri=s3.uri("reports/nightly"), output_layout="runs", baseline_uri="latest",
-                    plots="false", **extra)
+                    plots="false", report_page="false", **extra)
 
 
 def test_each_run_compares_with_the_previous_one(s3, inputs, monkeypatch):
