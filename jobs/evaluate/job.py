@@ -21,6 +21,7 @@ from jobs.evaluate.bootstrap import bootstrap_intervals
 from jobs.evaluate.calibration import calibrate
 from jobs.evaluate.classes import add_ap_by_iou, evaluate_at_thresholds, evaluate_classes
 from jobs.evaluate.drift import drift_block, read_baseline
+from jobs.evaluate.history import append_history, read_history_frame
 from jobs.evaluate.load import detect_format, read_input
 from jobs.evaluate.match import Matches, match_at_thresholds
 from jobs.evaluate.nms import nms_keep
@@ -56,11 +57,14 @@ def run(settings: EvalSettings, run_id: str, log: structlog.BoundLogger) -> int:
     # Before the work: a missing bucket or read-only credentials fail now, not after it.
     storage.confine_local_writes(settings.output_uri, setting="EVAL_OUTPUT_URI")
     storage.check_writable(dest.prefix, setting="EVAL_OUTPUT_URI")
+    if dest.pointer_uri is not None:
+        read_history_frame(dest.root)  # an unreadable history.parquet fails now (65), before any write
     if dest.conditional and storage.exists(dest.report_uri):
         # This slot is done (a retry after a complete run): never evaluate or write it twice.
         doc = json.loads(storage.read(dest.report_uri).data)
         log.warning("run already has a report; not evaluating again", uri=dest.report_uri)
         update_pointer(dest, doc, log)
+        append_to_history(dest, doc, log)  # if the first attempt stopped before its rows were in
         return drift_exit_code(doc, settings.fail_on_drift, log)
 
     report, evidence = evaluate(settings, run_id, log)
@@ -86,9 +90,16 @@ def run(settings: EvalSettings, run_id: str, log: structlog.BoundLogger) -> int:
     log.info("report written", uri=dest.report_uri, mean_average_precision=s.mean_average_precision,
              macro_f1=s.macro_f1, classes=len(report.classes), seconds=round(time.perf_counter() - started, 3))
     update_pointer(dest, doc, log)
+    append_to_history(dest, doc, log)
     if sys.stdout.isatty():
         print(format_table(report), flush=True)
     return drift_exit_code(doc, settings.fail_on_drift, log)
+
+
+def append_to_history(dest, doc: dict, log) -> None:
+    """Scheduled runs ('runs' layout) add their classes to EVAL_OUTPUT_URI/history.parquet, drifted or not."""
+    if dest.pointer_uri is not None:
+        append_history(dest.root, doc, dest.report_uri[len(dest.root.rstrip("/")) + 1:], log)
 
 
 def drift_exit_code(doc: dict, fail_on_drift: bool, log) -> int:

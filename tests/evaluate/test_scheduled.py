@@ -52,6 +52,8 @@ def test_each_run_compares_with_the_previous_one(s3, inputs, monkeypatch):
     pointer = json.loads(s3.get("reports/nightly/latest.json"))  # the pointer names the previous run, drifted or not
     assert pointer["run_id"] == "evaluate-nightly-1002" and pointer["drifted"] is True
     assert s3.keys("reports/nightly/") == [
+        "reports/nightly/history.csv",
+        "reports/nightly/history.parquet",
         "reports/nightly/latest.json",
         *[f"reports/nightly/runs/evaluate-nightly-{n}/thresholds.json" for n in (1000, 1001, 1002)],
     ]
