@@ -18,7 +18,7 @@ from common.settings import public_config
 from common.storage import AlreadyExists
 from jobs.evaluate.align import Aligned, align
 from jobs.evaluate.bootstrap import bootstrap_intervals
-from jobs.evaluate.calibration import calibrate
+from jobs.evaluate.calibration import calibrate, calibration_document
 from jobs.evaluate.classes import add_ap_by_iou, evaluate_at_thresholds, evaluate_classes
 from jobs.evaluate.drift import drift_block, read_baseline
 from jobs.evaluate.history import append_history, read_history_frame
@@ -33,6 +33,7 @@ from jobs.evaluate.settings import EvalSettings
 from jobs.evaluate.split import holdout_mask, take_images
 
 INDEX_NAME = "index.html"
+CALIBRATION_NAME = "calibration.json"
 
 
 def load_inputs(settings: EvalSettings, log):
@@ -78,6 +79,13 @@ def run(settings: EvalSettings, run_id: str, log: structlog.BoundLogger) -> int:
             storage.write(storage.join(dest.prefix, name), data,
                           content_type="text/html; charset=utf-8" if name == INDEX_NAME else "image/png")
         log.info("plots written", prefix=dest.prefix, files=len(files), seconds=round(time.perf_counter() - t0, 3))
+
+    if report.calibration is not None and report.calibration.status == "ok":
+        # The maps a serving system applies (calibration.apply_calibration); before the commit, like the plots.
+        storage.write(storage.join(dest.prefix, CALIBRATION_NAME),
+                      json.dumps(calibration_document(report), indent=2).encode(), content_type="application/json")
+        report.artifacts = (report.artifacts or Artifacts(index=None, plots=[])).model_copy(
+            update={"calibration": CALIBRATION_NAME})
 
     body = report.model_dump_json(indent=2).encode()
     try:
@@ -156,11 +164,15 @@ def evaluate(settings: EvalSettings, run_id: str, log: structlog.BoundLogger) ->
     if settings.iou_thresholds:
         classes, summary = ap_by_iou(aligned, matches_by_iou, settings.iou_thresholds, evaluation_mask, classes, summary)
     calibration = calibrated = None
-    if settings.calibration == "temperature":
-        calibration, calibrated = calibrate(aligned, matches, classes, summary,
-                                            folds=settings.calibration_folds, seed=settings.seed)
-        log.info("calibrated", temperature=calibration.temperature, ece_before=calibration.ece_before,
-                 ece_after=calibration.ece_after)
+    if settings.calibration != "none":
+        t0 = time.perf_counter()
+        calibration, calibrated = calibrate(
+            aligned, matches, classes, summary, method=settings.calibration, scope=settings.calibration_scope,
+            min_detections=settings.calibration_min_detections, folds=settings.calibration_folds, seed=settings.seed)
+        log.info("calibrated", method=calibration.method, scope=calibration.scope, temperature=calibration.temperature,
+                 ece_before=calibration.ece_before, ece_after=calibration.ece_after,
+                 fallback_classes=sum(m.fallback for m in calibration.per_class),
+                 seconds=round(time.perf_counter() - t0, 3))
     intervals = None
     if settings.bootstrap:
         intervals = bootstrap_intervals(aligned, matches, replicates=settings.bootstrap, seed=settings.seed,
