@@ -83,6 +83,15 @@ def read_history(output_uri: str) -> list[dict]:
     return [_plain(row) for row in frame.to_dict("records")]
 
 
+def history_with_run(output_uri: str, report: dict, report_path: str | None = None) -> list[dict]:
+    """`read_history` plus `report`'s own rows when its run is not in it yet: what the history will
+    hold once this run has appended (the page is written before the report, so before the append)."""
+    rows = read_history(output_uri)
+    if any(r["run_id"] == report["run"]["id"] for r in rows):
+        return rows
+    return rows + [_plain(r) for r in history_frame(history_rows(report, report_path)).to_dict("records")]
+
+
 def _plain(row: dict) -> dict:
     import pandas as pd
 

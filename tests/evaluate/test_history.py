@@ -204,3 +204,16 @@ def test_rows_of_a_report_with_missing_values():
     assert rows[0]["drifted"] and rows[0]["drift_reasons"] == "threshold,f1" and not rows[1]["drifted"]
     frame = history.history_frame(rows)
     assert frame["threshold"].isna().tolist() == [False, True] and frame["class_id"].isna().tolist() == [False, True]
+
+
+def test_the_page_sees_the_history_with_the_run_being_written(tmp_path):
+    root = str(tmp_path / "nightly")
+    assert history.history_with_run(root, report_doc("r1", "2026-01-01T00:00:00.000+00:00"), "runs/r1/t.json") == \
+        history.history_with_run(root, report_doc("r1", "2026-01-01T00:00:00.000+00:00"), "runs/r1/t.json")
+    append_history(root, report_doc("r1", "2026-01-01T00:00:00.000+00:00"), "runs/r1/t.json", LOG)
+    rows = history.history_with_run(root, report_doc("r2", "2026-01-02T00:00:00.123+00:00"), "runs/r2/t.json")
+    assert [r["run_id"] for r in rows] == ["r1"] * 4 + ["r2"] * 4
+    assert rows[-1]["finished_at"] == "2026-01-02T00:00:00.123+00:00" and rows[0] == read_history(root)[0]
+    assert set(rows[-1]) == set(COLUMNS)
+    append_history(root, report_doc("r2", "2026-01-02T00:00:00.123+00:00"), "runs/r2/t.json", LOG)
+    assert read_history(root) == rows  # the same rows once appended
