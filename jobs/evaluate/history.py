@@ -79,8 +79,7 @@ def read_history_frame(output_uri: str):
 def read_history(output_uri: str) -> list[dict]:
     """The history as plain dicts, oldest run first (for the page): finished_at as ISO 8601 text,
     missing values as None. The same rows as history.parquet."""
-    frame = read_history_frame(output_uri).sort_values(["finished_at", "run_id"], kind="stable")
-    return [_plain(row) for row in frame.to_dict("records")]
+    return _plain_rows(read_history_frame(output_uri).sort_values(["finished_at", "run_id"], kind="stable"))
 
 
 def history_with_run(output_uri: str, report: dict, report_path: str | None = None) -> list[dict]:
@@ -89,23 +88,17 @@ def history_with_run(output_uri: str, report: dict, report_path: str | None = No
     rows = read_history(output_uri)
     if any(r["run_id"] == report["run"]["id"] for r in rows):
         return rows
-    return rows + [_plain(r) for r in history_frame(history_rows(report, report_path)).to_dict("records")]
+    return rows + _plain_rows(history_frame(history_rows(report, report_path)))
 
 
-def _plain(row: dict) -> dict:
-    import pandas as pd
-
-    out = {}
-    for key, value in row.items():
-        if value is None or value is pd.NA or (isinstance(value, float) and value != value):
-            out[key] = None
-        elif isinstance(value, pd.Timestamp):
-            out[key] = value.isoformat(timespec="milliseconds")
-        elif hasattr(value, "item"):  # numpy scalars
-            out[key] = value.item()
-        else:
-            out[key] = value
-    return out
+def _plain_rows(frame) -> list[dict]:
+    """Rows as dicts of plain Python values: timestamps as ISO 8601 text, missing values as None."""
+    frame = frame.copy()
+    for column in frame.columns:
+        if str(frame[column].dtype).startswith("datetime64"):
+            frame[column] = frame[column].map(lambda t: None if t is None or t != t else t.isoformat(timespec="milliseconds"))
+    plain = frame.astype(object)
+    return plain.where(frame.notna(), None).to_dict("records")
 
 
 def append_history(output_uri: str, report: dict, report_path: str, log) -> int:
