@@ -10,7 +10,8 @@ retry of a slot whose rows are there appends nothing, and one whose append faile
 report was committed) appends them then.
 
 `history.csv` beside it is the same table for spreadsheets, rewritten from the Parquet file after
-each append with the same protection; the Parquet file is the reference (the CSV follows it).
+each append with the same protection; the Parquet file is the reference (the CSV follows it, with
+text that a spreadsheet would run as a formula prefixed by an apostrophe).
 
 Columns (COLUMNS): run_id, finished_at (UTC timestamp), class_id (as text: COCO ids and table
 names alike), name, status, threshold, precision, recall, f1, average_precision, n_ground_truth,
@@ -125,11 +126,25 @@ def append_history(output_uri: str, report: dict, report_path: str, log) -> int:
     def as_csv(_current: storage.Blob | None) -> bytes:
         # Read after the CSV's own version was taken: whichever writer succeeds last wrote a CSV of a
         # Parquet file at least as new as every append before its read, so the CSV ends up complete.
-        return read_history_frame(output_uri).to_csv(index=False, date_format="%Y-%m-%dT%H:%M:%S.%fZ").encode()
+        return spreadsheet_safe(read_history_frame(output_uri)).to_csv(
+            index=False, date_format="%Y-%m-%dT%H:%M:%S.%fZ").encode()
 
     _update(csv_uri, as_csv, content_type="text/csv; charset=utf-8", log=log)
     log.info("history appended", uri=uri, rows=added, run_id=run_id)
     return added
+
+
+def spreadsheet_safe(frame):
+    """Text cells that a spreadsheet would run as a formula (=, +, -, @, tab, CR first: a class
+    named '=HYPERLINK(...)') get a leading apostrophe, as OWASP advises for CSV exports. Only the
+    CSV: history.parquet keeps the names as they are."""
+    frame = frame.copy()
+    for column in frame.columns:
+        if frame[column].dtype == object or str(frame[column].dtype).startswith("string"):
+            text = frame[column]
+            risky = text.notna() & text.astype(str).str.match(r"^[=+\-@\t\r]")
+            frame[column] = text.where(~risky, "'" + text.astype(str))
+    return frame
 
 
 def _update(uri: str, make, *, content_type: str, log) -> bool:

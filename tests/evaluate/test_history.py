@@ -217,3 +217,14 @@ def test_the_page_sees_the_history_with_the_run_being_written(tmp_path):
     assert set(rows[-1]) == set(COLUMNS)
     append_history(root, report_doc("r2", "2026-01-02T00:00:00.123+00:00"), "runs/r2/t.json", LOG)
     assert read_history(root) == rows  # the same rows once appended
+
+
+def test_the_csv_never_hands_a_spreadsheet_a_formula(tmp_path):
+    root = str(tmp_path / "nightly")
+    doc = report_doc("r1", "2026-01-01T00:00:00.000+00:00", 3)
+    for c, name in zip(doc["classes"], ["=HYPERLINK(\"http://x\")", "@SUM(A1)", "plain -1"]):
+        c["name"] = name
+    append_history(root, doc, "runs/r1/t.json", LOG)
+    csv = pd.read_csv(tmp_path / "nightly" / "history.csv")
+    assert csv["name"].tolist() == ["'=HYPERLINK(\"http://x\")", "'@SUM(A1)", "plain -1"]
+    assert [r["name"] for r in read_history(root)] == [c["name"] for c in doc["classes"]]  # Parquet keeps them
