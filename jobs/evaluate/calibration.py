@@ -101,12 +101,11 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float | None:
             lo = a
         else:
             hi = a
-        step = a - g / h if h > 0 else lo
-        nxt = step if lo < step < hi else float(np.sqrt(lo * hi))
-        if abs(nxt - a) <= 1e-13 * a:
-            a = nxt
+        newton = a - g / h if h > 0 else -1.0
+        if abs(newton - a) <= 1e-13 * a:  # converged (checked first: the step may land on the bracket's end)
+            a = newton
             break
-        a = nxt
+        a = newton if lo <= newton <= hi else float(np.sqrt(lo * hi))
     return float(1.0 / a)
 
 
