@@ -189,13 +189,16 @@ def fit_platt(logits: np.ndarray, labels: np.ndarray) -> tuple[float, float] | N
 
     Separable data has no finite maximum: the fit then stops where lbfgs stops (a steep map).
     """
+    from sklearn import config_context
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
 
     labels = np.asarray(labels, dtype=bool)
     if logits.size == 0 or labels.all() or not labels.any():
         return None
-    with warnings.catch_warnings():
+    # The inputs are finite float64 by construction; per-class scope fits thousands of small models,
+    # where scikit-learn's validation would cost more than the fit.
+    with warnings.catch_warnings(), config_context(assume_finite=True, skip_parameter_validation=True):
         warnings.simplefilter("ignore", ConvergenceWarning)
         model = LogisticRegression(C=np.inf, solver="newton-cholesky", tol=1e-10, max_iter=1000).fit(logits.reshape(-1, 1), labels)
     return float(model.coef_[0, 0]), float(model.intercept_[0])
@@ -209,8 +212,11 @@ def fit_isotonic(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np
     labels = np.asarray(labels, dtype=np.float64)
     if scores.size == 0 or labels.min() == labels.max():
         return None
+    from sklearn import config_context
+
     s = np.clip(np.asarray(scores, dtype=np.float64), SCORE_EPS, 1.0 - SCORE_EPS)
-    model = IsotonicRegression(y_min=0.0, y_max=1.0, increasing=True, out_of_bounds="clip").fit(s, labels)
+    with config_context(assume_finite=True, skip_parameter_validation=True):
+        model = IsotonicRegression(y_min=0.0, y_max=1.0, increasing=True, out_of_bounds="clip").fit(s, labels)
     return model.X_thresholds_, model.y_thresholds_
 
 
