@@ -373,21 +373,23 @@ def calibrate(aligned, matches, classes, summary, *, folds: int, seed: int, meth
     return block, (out if fitted else None)
 
 
-def calibration_document(report) -> dict:
-    """calibration.json: the fitted maps, for a serving system (apply them with `apply_calibration`)."""
-    c = report.calibration
+def calibration_document(report: dict) -> dict:
+    """calibration.json from a report (thresholds.json as a dict): the fitted maps, for a serving
+    system (apply an entry with `apply_calibration`)."""
+    c = report["calibration"]
+    params = ("method", "temperature", "a", "b", "score_breakpoints", "calibrated_breakpoints")
     return {
         "kind": "ml-batch-jobs/evaluate/calibration",
-        "run_id": report.run.id,
-        "method": c.method,
-        "scope": c.scope,
+        "run_id": report["run"]["id"],
+        "method": c["method"],
+        "scope": c["scope"],
         "input": f"the detector's raw score s in [0, 1], clipped to [{SCORE_EPS:g}, 1 - {SCORE_EPS:g}]; "
                  "logit(s) = log(s / (1 - s))",
-        "output": c.target,
-        "formula": FORMULAS[c.method],
-        "global": None if c.global_map is None else c.global_map.model_dump(),
-        "classes": {m.name: {"class_id": m.class_id, **m.model_dump(include={
-            "method", "temperature", "a", "b", "score_breakpoints", "calibrated_breakpoints", "fit", "fallback",
-            "fallback_reason"})} for m in c.per_class},
-        "thresholds": {"raw": report.summary.thresholds, "calibrated": c.thresholds},
+        "output": c["target"],
+        "formula": FORMULAS[c["method"]],
+        "global": c["global_map"],
+        "classes": {m["name"]: {"class_id": m["class_id"], **{k: m[k] for k in params},
+                                "fit": m["fit"], "fallback": m["fallback"], "fallback_reason": m["fallback_reason"]}
+                    for m in c["per_class"]},
+        "thresholds": {"raw": report["summary"]["thresholds"], "calibrated": c["thresholds"]},
     }

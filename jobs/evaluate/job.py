@@ -64,6 +64,7 @@ def run(settings: EvalSettings, run_id: str, log: structlog.BoundLogger) -> int:
         # This slot is done (a retry after a complete run): never evaluate or write it twice.
         doc = json.loads(storage.read(dest.report_uri).data)
         log.warning("run already has a report; not evaluating again", uri=dest.report_uri)
+        write_calibration_maps(dest, doc, log)  # if the first attempt stopped before writing them
         update_pointer(dest, doc, log)
         append_to_history(dest, doc, log)  # if the first attempt stopped before its rows were in
         return drift_exit_code(doc, settings.fail_on_drift, log)
@@ -80,10 +81,7 @@ def run(settings: EvalSettings, run_id: str, log: structlog.BoundLogger) -> int:
                           content_type="text/html; charset=utf-8" if name == INDEX_NAME else "image/png")
         log.info("plots written", prefix=dest.prefix, files=len(files), seconds=round(time.perf_counter() - t0, 3))
 
-    if report.calibration is not None and report.calibration.status == "ok":
-        # The maps a serving system applies (calibration.apply_calibration); before the commit, like the plots.
-        storage.write(storage.join(dest.prefix, CALIBRATION_NAME),
-                      json.dumps(calibration_document(report), indent=2).encode(), content_type="application/json")
+    if report.calibration is not None and report.calibration.status == "ok":  # written right after the report
         report.artifacts = (report.artifacts or Artifacts(index=None, plots=[])).model_copy(
             update={"calibration": CALIBRATION_NAME})
 
@@ -97,11 +95,28 @@ def run(settings: EvalSettings, run_id: str, log: structlog.BoundLogger) -> int:
     s = report.summary
     log.info("report written", uri=dest.report_uri, mean_average_precision=s.mean_average_precision,
              macro_f1=s.macro_f1, classes=len(report.classes), seconds=round(time.perf_counter() - started, 3))
+    write_calibration_maps(dest, doc, log)
     update_pointer(dest, doc, log)
     append_to_history(dest, doc, log)
     if sys.stdout.isatty():
         print(format_table(report), flush=True)
     return drift_exit_code(doc, settings.fail_on_drift, log)
+
+
+def write_calibration_maps(dest, doc: dict, log) -> None:
+    """calibration.json beside the committed report `doc` (when it names one): the maps a serving
+    system applies (calibration.apply_calibration). Written from the report after it, so the maps
+    always come from the report in place; a slot's copy is written once."""
+    name = (doc.get("artifacts") or {}).get("calibration")
+    if name is None:
+        return
+    uri = storage.join(dest.prefix, name)
+    try:
+        storage.write(uri, json.dumps(calibration_document(doc), indent=2).encode(), content_type="application/json",
+                      if_absent=dest.conditional)
+    except AlreadyExists:
+        return
+    log.info("calibration maps written", uri=uri)
 
 
 def append_to_history(dest, doc: dict, log) -> None:

@@ -349,3 +349,22 @@ def test_maps_are_exported_for_serving(method, tmp_path, monkeypatch):
     assert apply_calibration(doc["global"], [report["summary"]["global_threshold"]])[0] == pytest.approx(
         cal["global_threshold"], abs=1e-12)
     assert doc["thresholds"]["calibrated"] == cal["thresholds"]
+
+
+def test_a_retried_slot_writes_the_maps_its_first_attempt_missed(tmp_path, monkeypatch):
+    import json
+
+    from jobs.evaluate import job
+    from tests.evaluate.helpers import eval_settings
+
+    pred, gt = image_level_overconfident(tmp_path, temperature=2.0, n_images=300)
+    out = tmp_path / "nightly"
+    s = eval_settings(monkeypatch, predictions_uri=str(pred), annotations_uri=str(gt), output_uri=str(out),
+                      output_layout="runs", calibration="isotonic", plots="false")
+    assert job.run(s, "slot-1", structlog.get_logger()) == 0
+    maps = out / "runs" / "slot-1" / "calibration.json"
+    first = maps.read_bytes()
+    assert json.loads(first)["run_id"] == "slot-1"
+    maps.unlink()  # the first attempt stopped between the report and the maps
+    assert job.run(s, "slot-1", structlog.get_logger()) == 0
+    assert maps.read_bytes() == first  # rebuilt from the committed report
