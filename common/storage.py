@@ -32,6 +32,10 @@ class AlreadyExists(StorageError):
     """A conditional write found the object already there."""
 
 
+class VersionChanged(StorageError):
+    """A write conditional on the object's version (`if_match`) found another version there."""
+
+
 class Blob:
     """An object's bytes (or a read-only mapping of a file) and version: "etag:<etag>" on S3,
     "sha256:<hex>" on disk, computed when first asked for. `hash_in_background` computes it on a
@@ -263,14 +267,32 @@ def exists(uri: str) -> bool:
     return Path(uri).exists()
 
 
-def write(uri: str, data: bytes, *, content_type: str = "application/octet-stream", if_absent: bool = False) -> None:
-    """Write whole or not at all. `if_absent` refuses to replace an existing object (AlreadyExists)."""
+def write(uri: str, data: bytes, *, content_type: str = "application/octet-stream", if_absent: bool = False,
+          if_match: str | None = None) -> None:
+    """Write whole or not at all. `if_absent` refuses to replace an existing object (AlreadyExists);
+    `if_match` (a `Blob.version` read earlier) replaces it only if it is still that version
+    (VersionChanged otherwise, also when it is gone): a compare-and-swap, so two writers that
+    read-modify-write one object never lose each other's change. S3: `If-Match` on the ETag;
+    disk: the sha256 compared and the file renamed under an exclusive lock on a hidden lock file."""
+    if if_absent and if_match is not None:
+        raise ValueError("if_absent and if_match exclude each other")
     if is_s3(uri):
         bucket, key = split_s3(uri)
         extra = {"IfNoneMatch": "*"} if if_absent else {}
-        _s3_call(uri, s3_client().put_object, Bucket=bucket, Key=key, Body=data, ContentType=content_type, **extra)
+        if if_match is not None:
+            kind, _, etag = if_match.partition(":")
+            if kind != "etag":
+                raise ValueError(f"{uri}: if_match needs an S3 version (etag:...), got {if_match!r}")
+            extra = {"IfMatch": f'"{etag}"'}
+        try:
+            _s3_call(uri, s3_client().put_object, Bucket=bucket, Key=key, Body=data, ContentType=content_type, **extra)
+        except (AlreadyExists, InputDataError) as exc:
+            if if_match is None:
+                raise
+            # 412, or 404 from stores that check existence first: someone else's version is there (or none).
+            raise VersionChanged(f"{uri}: changed since it was read (conditional write refused)") from exc
         return
-    _write_local(uri, data, if_absent=if_absent)
+    _write_local(uri, data, if_absent=if_absent, if_match=if_match)
 
 
 _confined: dict[Path, str] = {}  # output folder -> the setting that names it
@@ -287,7 +309,7 @@ def _confining_root(path: Path) -> Path | None:
     return next((root for root in _confined if path.is_relative_to(root) and path != root), None)
 
 
-def _write_local(uri: str, data: bytes, *, if_absent: bool) -> None:
+def _write_local(uri: str, data: bytes, *, if_absent: bool, if_match: str | None = None) -> None:
     """Temp file + rename in the target's folder, created with 0o666 & ~umask like any file.
 
     Below a confined root every folder is opened with O_NOFOLLOW relative to its parent (no
@@ -314,6 +336,8 @@ def _write_local(uri: str, data: bytes, *, if_absent: bool) -> None:
                         os.link(tmp, path.name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
                     except FileExistsError:
                         raise AlreadyExists(f"{uri}: already exists") from None
+                elif if_match is not None:
+                    _rename_if_unchanged(tmp, path.name, dir_fd, if_match, uri)
                 else:
                     os.rename(tmp, path.name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
             finally:
@@ -323,6 +347,28 @@ def _write_local(uri: str, data: bytes, *, if_absent: bool) -> None:
             os.close(dir_fd)
     except OSError as exc:
         raise StorageError(f"{uri}: cannot write: {exc.strerror or exc}") from None
+
+
+def _rename_if_unchanged(tmp: str, name: str, dir_fd: int, version: str, uri: str) -> None:
+    """Rename `tmp` over `name` if `name` still has `version` (sha256:...), under an exclusive
+    flock on `.<name>.lock`: writers that all go through here swap one at a time; readers see a
+    whole file either way (the rename)."""
+    import fcntl
+
+    lock = os.open(f".{name}.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666, dir_fd=dir_fd)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+        except FileNotFoundError:
+            raise VersionChanged(f"{uri}: gone since it was read (conditional write refused)") from None
+        with os.fdopen(fd, "rb") as fh:
+            current = f"sha256:{hashlib.file_digest(fh, 'sha256').hexdigest()}"
+        if current != version:
+            raise VersionChanged(f"{uri}: changed since it was read (conditional write refused)")
+        os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    finally:
+        os.close(lock)  # releases the flock
 
 
 def _open_folders_below(root: Path, parts: tuple[str, ...], uri: str) -> int:

@@ -69,3 +69,29 @@ def test_local_read_whole_or_mapped(tmp_path, mapped):
         storage.read(str(tmp_path / "nope.json"), mapped=mapped)
     with pytest.raises(InputDataError, match="is a directory"):
         storage.read(str(tmp_path), mapped=mapped)
+
+
+def _compare_and_swap(uri: str) -> None:
+    storage.write(uri, b"v1")
+    first = storage.read(uri)
+    storage.write(uri, b"v2", if_match=first.version)  # still the version read: replaced
+    second = storage.read(uri)
+    assert second.data == b"v2"
+    with pytest.raises(storage.VersionChanged):  # another writer replaced v1 since it was read
+        storage.write(uri, b"lost", if_match=first.version)
+    assert storage.read(uri).data == b"v2"
+    storage.write(uri, b"v3", if_match=second.version)
+    assert storage.read(uri).data == b"v3"
+
+
+def test_s3_write_if_match_is_a_compare_and_swap(s3):
+    _compare_and_swap(s3.uri("reports/history.parquet"))
+    with pytest.raises(storage.VersionChanged):  # no object to match
+        storage.write(s3.uri("reports/missing"), b"x", if_match="etag:0123456789abcdef0123456789abcdef")
+
+
+def test_local_write_if_match_is_a_compare_and_swap(tmp_path):
+    _compare_and_swap(str(tmp_path / "out" / "history.parquet"))
+    with pytest.raises(storage.VersionChanged):
+        storage.write(str(tmp_path / "out" / "missing"), b"x", if_match="sha256:00")
+    assert not [p.name for p in (tmp_path / "out").iterdir() if p.name.endswith(".tmp")]  # no temp files left

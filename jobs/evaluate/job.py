@@ -18,13 +18,14 @@ from common.settings import public_config
 from common.storage import AlreadyExists
 from jobs.evaluate.align import Aligned, align
 from jobs.evaluate.bootstrap import bootstrap_intervals
-from jobs.evaluate.calibration import calibrate
+from jobs.evaluate.calibration import calibrate, calibration_document
 from jobs.evaluate.classes import add_ap_by_iou, evaluate_at_thresholds, evaluate_classes
 from jobs.evaluate.drift import drift_block, read_baseline
+from jobs.evaluate.history import append_history, history_with_run, read_history_frame
 from jobs.evaluate.load import detect_format, read_input
 from jobs.evaluate.match import Matches, match_at_thresholds
 from jobs.evaluate.nms import nms_keep
-from jobs.evaluate.page import HISTORY_COLUMNS, history_rows, render_index
+from jobs.evaluate.page import render_index
 from jobs.evaluate.plots import class_curves, render_plots
 from jobs.evaluate.publish import REPORT_NAME, destination, latest_report_uri, update_pointer
 from jobs.evaluate.report import Alignment, Artifacts, Holdout, Matching, Nms, Report, RunInfo, input_info
@@ -32,7 +33,7 @@ from jobs.evaluate.settings import EvalSettings
 from jobs.evaluate.split import holdout_mask, take_images
 
 INDEX_NAME = "index.html"
-HISTORY_NAME = "history.parquet"  # runs layout: one row per (run, class); see the history panel
+CALIBRATION_NAME = "calibration.json"
 
 
 def load_inputs(settings: EvalSettings, log):
@@ -57,16 +58,24 @@ def run(settings: EvalSettings, run_id: str, log: structlog.BoundLogger) -> int:
     # Before the work: a missing bucket or read-only credentials fail now, not after it.
     storage.confine_local_writes(settings.output_uri, setting="EVAL_OUTPUT_URI")
     storage.check_writable(dest.prefix, setting="EVAL_OUTPUT_URI")
+    if dest.pointer_uri is not None:
+        read_history_frame(dest.root)  # an unreadable history.parquet fails now (65), before any write
     if dest.conditional and storage.exists(dest.report_uri):
         # This slot is done (a retry after a complete run): never evaluate or write it twice.
         doc = json.loads(storage.read(dest.report_uri).data)
         log.warning("run already has a report; not evaluating again", uri=dest.report_uri)
+        write_calibration_maps(dest, doc, log)  # if the first attempt stopped before writing them
         update_pointer(dest, doc, log)
+        append_to_history(dest, doc, log)  # if the first attempt stopped before its rows were in
         return drift_exit_code(doc, settings.fail_on_drift, log)
 
     report, evidence = evaluate(settings, run_id, log)
     if settings.report_page or settings.plots:
         write_page_and_plots(settings, dest, report, evidence, log)
+
+    if report.calibration is not None and report.calibration.status == "ok":  # written right after the report
+        report.artifacts = (report.artifacts or Artifacts(index=None, plots=[])).model_copy(
+            update={"calibration": CALIBRATION_NAME})
 
     body = report.model_dump_json(indent=2).encode()
     try:
@@ -79,7 +88,9 @@ def run(settings: EvalSettings, run_id: str, log: structlog.BoundLogger) -> int:
     log.info("report written", uri=dest.report_uri, mean_average_precision=s.mean_average_precision,
              macro_f1=s.macro_f1, classes=len(report.classes), seconds=round(time.perf_counter() - started, 3),
              page=storage.join(dest.prefix, report.artifacts.index) if report.artifacts and report.artifacts.index else None)
+    write_calibration_maps(dest, doc, log)
     update_pointer(dest, doc, log)
+    append_to_history(dest, doc, log)
     if sys.stdout.isatty():
         print(format_table(report), flush=True)
     return drift_exit_code(doc, settings.fail_on_drift, log)
@@ -94,7 +105,7 @@ def write_page_and_plots(settings: EvalSettings, dest, report: Report, evidence:
     if settings.report_page:
         history = None  # the panel needs the runs layout: earlier runs' rows, then this run's
         if dest.pointer_uri is not None:
-            history = [r for r in read_history(dest, log) if r.get("run_id") != report.run.id] + history_rows(report)
+            history = history_with_run(dest.root, json.loads(report.model_dump_json()))
         files[INDEX_NAME] = render_index(report, curves, history=history, plots=per_class, pooled=pooled,
                                          report_name=REPORT_NAME).encode()
         page_uri = storage.join(dest.prefix, INDEX_NAME)
@@ -108,22 +119,26 @@ def write_page_and_plots(settings: EvalSettings, dest, report: Report, evidence:
              cpu_seconds=round(time.process_time() - cpu0, 3))
 
 
-def read_history(dest, log) -> list[dict]:
-    """Earlier runs' rows from <EVAL_OUTPUT_URI>/history.parquet (runs layout), for the page; [] if none."""
-    uri = storage.join(dest.root, HISTORY_NAME)
-    if not storage.exists(uri):
-        return []
-    import io
-
-    import pyarrow.parquet as pq
-
+def write_calibration_maps(dest, doc: dict, log) -> None:
+    """calibration.json beside the committed report `doc` (when it names one): the maps a serving
+    system applies (calibration.apply_calibration). Written from the report after it, so the maps
+    always come from the report in place; a slot's copy is written once."""
+    name = (doc.get("artifacts") or {}).get("calibration")
+    if name is None:
+        return
+    uri = storage.join(dest.prefix, name)
     try:
-        table = pq.read_table(io.BytesIO(storage.read(uri).data))
-        rows = table.select([c for c in HISTORY_COLUMNS if c in table.column_names]).to_pylist()
-    except Exception as exc:  # noqa: BLE001 - a broken history costs the panel, never the run
-        log.warning("history not shown on the page", uri=uri, error=str(exc)[:200])
-        return []
-    return rows
+        storage.write(uri, json.dumps(calibration_document(doc), indent=2).encode(), content_type="application/json",
+                      if_absent=dest.conditional)
+    except AlreadyExists:
+        return
+    log.info("calibration maps written", uri=uri)
+
+
+def append_to_history(dest, doc: dict, log) -> None:
+    """Scheduled runs ('runs' layout) add their classes to EVAL_OUTPUT_URI/history.parquet, drifted or not."""
+    if dest.pointer_uri is not None:
+        append_history(dest.root, doc, dest.report_uri[len(dest.root.rstrip("/")) + 1:], log)
 
 
 def drift_exit_code(doc: dict, fail_on_drift: bool, log) -> int:
@@ -180,11 +195,15 @@ def evaluate(settings: EvalSettings, run_id: str, log: structlog.BoundLogger) ->
     if settings.iou_thresholds:
         classes, summary = ap_by_iou(aligned, matches_by_iou, settings.iou_thresholds, evaluation_mask, classes, summary)
     calibration = calibrated = None
-    if settings.calibration == "temperature":
-        calibration, calibrated = calibrate(aligned, matches, classes, summary,
-                                            folds=settings.calibration_folds, seed=settings.seed)
-        log.info("calibrated", temperature=calibration.temperature, ece_before=calibration.ece_before,
-                 ece_after=calibration.ece_after)
+    if settings.calibration != "none":
+        t0 = time.perf_counter()
+        calibration, calibrated = calibrate(
+            aligned, matches, classes, summary, method=settings.calibration, scope=settings.calibration_scope,
+            min_detections=settings.calibration_min_detections, folds=settings.calibration_folds, seed=settings.seed)
+        log.info("calibrated", method=calibration.method, scope=calibration.scope, temperature=calibration.temperature,
+                 ece_before=calibration.ece_before, ece_after=calibration.ece_after,
+                 fallback_classes=sum(m.fallback for m in calibration.per_class),
+                 seconds=round(time.perf_counter() - t0, 3))
     intervals = None
     if settings.bootstrap:
         intervals = bootstrap_intervals(aligned, matches, replicates=settings.bootstrap, seed=settings.seed,
@@ -192,7 +211,8 @@ def evaluate(settings: EvalSettings, run_id: str, log: structlog.BoundLogger) ->
                                         evaluation_mask=evaluation_mask, log=log)
     report = Report(
         run=RunInfo(id=run_id, started_at=started, finished_at=utc_now(), code_version=code_version(),
-                    library_versions=library_versions("numpy", "pyarrow", "msgspec", "shapely", "pydantic", "boto3")),
+                    library_versions=library_versions("numpy", "pyarrow", "msgspec", "shapely", "pydantic", "boto3",
+                                                      *(["scikit-learn"] if settings.calibration in ("platt", "isotonic") else []))),
         inputs={"predictions": input_info(pred, pred_fmt), "annotations": input_info(gt, gt_fmt)},
         config=public_config(settings),
         alignment=Alignment(**aligned.alignment),

@@ -235,13 +235,6 @@ def _json_safe(rows: list[dict]) -> list[dict]:
     return out
 
 
-def history_rows(report) -> list[dict]:
-    """This run's rows in the history layout (one per class)."""
-    return [{"run_id": report.run.id, "finished_at": report.run.finished_at, "class_id": c.class_id, "name": c.name,
-             "status": c.status, "threshold": c.threshold, "precision": c.precision, "recall": c.recall, "f1": c.f1,
-             "average_precision": c.average_precision, "n_ground_truth": c.n_ground_truth} for c in report.classes]
-
-
 def page_data(report, curves, history: list[dict] | None = None) -> dict:
     """Everything the script draws, JSON-ready. `curves`: plots.class_curves (one per class) or None."""
     cal = {c.name: c for c in report.calibration.classes} if report.calibration else {}

@@ -11,15 +11,19 @@ EVAL_OUTPUT_URI/latest.json at the report:
   3. latest.json, a single PUT of {run_id, report (relative), ...}, only after the report exists,
      and only when the pointed report finished no later than this one (a late retry of an older
      slot never moves the pointer back). The pointer therefore always names a complete report.
-     Its read-compare-write is not atomic: two different slots finishing in the same instant may
-     leave it at the older of the two (still complete); the CronJob's concurrencyPolicy: Forbid
-     rules that out in practice.
+     The PUT is conditional on the pointer version that was compared (S3 If-Match / If-None-Match;
+     on disk a compare-and-rename under a lock): when another run moved it in between, the
+     comparison is made again with what it wrote, so two slots finishing at once leave it at the
+     later one;
+  4. history.parquet / history.csv: the run's classes appended (jobs/evaluate/history.py), with
+     the same conditional writes, so concurrent appends never lose rows.
 
-A retry that starts after the slot's report exists writes nothing (job.run checks first). Two
-attempts of one slot running at the same time can both write plots and index.html: each file is
-whole, and both come from the same slot's inputs (PNG bytes carry no timestamp), but the page may
-be the later attempt's while thresholds.json is the first one's. Readers take a run as complete
-once its thresholds.json exists, and find complete runs through latest.json.
+A retry that starts after the slot's report exists writes nothing (job.run checks first) but the
+history rows it may lack. Two attempts of one slot running at the same time can both write plots
+and index.html: each file is whole, and both come from the same slot's inputs (PNG bytes carry no
+timestamp), but the page may be the later attempt's while thresholds.json is the first one's.
+Readers take a run as complete once its thresholds.json exists, and find complete runs through
+latest.json.
 """
 
 from __future__ import annotations
@@ -29,12 +33,13 @@ import re
 from dataclasses import dataclass
 
 from common import storage
-from common.errors import ConfigError
+from common.errors import ConfigError, StorageError
 from jobs.evaluate.drift import POINTER_KIND
 
 REPORT_NAME = "thresholds.json"
 POINTER_NAME = "latest.json"
 RUNS_FOLDER = "runs"
+POINTER_ATTEMPTS = 20  # conditional writes refused in a row (each one: another run moved the pointer)
 SAFE_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:+=@-]{0,199}$")
 
 
@@ -81,16 +86,24 @@ def update_pointer(dest: Destination, report: dict, log) -> bool:
     if dest.pointer_uri is None:
         return False
     new = pointer_document(dest, report)
-    if storage.exists(dest.pointer_uri):
+    for attempt in range(1, POINTER_ATTEMPTS + 1):
+        blob = storage.read(dest.pointer_uri) if storage.exists(dest.pointer_uri) else None
+        if blob is not None:
+            try:
+                current = json.loads(blob.data)
+                current_finished = str(current["finished_at"])
+            except (ValueError, KeyError, TypeError):
+                current, current_finished = None, ""  # unreadable: replace it
+            if current is not None and current.get("report") != new["report"] and current_finished > new["finished_at"]:
+                log.info("latest pointer kept", pointer=dest.pointer_uri, points_to=current.get("run_id"),
+                         reason="it names a report that finished later")
+                return False
         try:
-            current = json.loads(storage.read(dest.pointer_uri).data)
-            current_finished = str(current["finished_at"])
-        except (ValueError, KeyError, TypeError):
-            current, current_finished = None, ""  # unreadable: replace it
-        if current is not None and current.get("report") != new["report"] and current_finished > new["finished_at"]:
-            log.info("latest pointer kept", pointer=dest.pointer_uri, points_to=current.get("run_id"),
-                     reason="it names a report that finished later")
-            return False
-    storage.write(dest.pointer_uri, json.dumps(new, indent=2).encode(), content_type="application/json")
-    log.info("latest pointer updated", pointer=dest.pointer_uri, run_id=new["run_id"])
-    return True
+            storage.write(dest.pointer_uri, json.dumps(new, indent=2).encode(), content_type="application/json",
+                          if_absent=blob is None, if_match=None if blob is None else blob.version)
+        except (storage.AlreadyExists, storage.VersionChanged):
+            log.info("latest pointer moved by another run; comparing again", pointer=dest.pointer_uri, attempt=attempt)
+            continue
+        log.info("latest pointer updated", pointer=dest.pointer_uri, run_id=new["run_id"])
+        return True
+    raise StorageError(f"{dest.pointer_uri}: moved by other runs {POINTER_ATTEMPTS} times while updating; giving up")

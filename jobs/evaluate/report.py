@@ -115,16 +115,48 @@ class ClassCalibration(BaseModel):
     ece_after: float | None = Field(description="on cross-fitted (out-of-fold) calibrated scores")
 
 
+CalibrationMethod = Literal["temperature", "platt", "isotonic"]
+
+
+class CalibrationMap(BaseModel):
+    """One fitted map from a raw score s to a probability; only its method's parameters are set."""
+
+    method: CalibrationMethod
+    temperature: float | None = Field(None, description="temperature: sigmoid(logit(s) / temperature)")
+    a: float | None = Field(None, description="platt: sigmoid(a * logit(s) + b)")
+    b: float | None = Field(None, description="platt: the intercept")
+    score_breakpoints: list[float] | None = Field(
+        None, description="isotonic: numpy.interp(s, score_breakpoints, calibrated_breakpoints), constant beyond the ends")
+    calibrated_breakpoints: list[float] | None = Field(None, description="isotonic: the map's values at score_breakpoints")
+
+
+class ClassCalibrationMap(CalibrationMap):
+    class_id: int | str | None
+    name: str
+    fit: Literal["class", "global"] = Field(description="'class': fitted on this class's detections; 'global': the global map")
+    fallback: bool = Field(description="EVAL_CALIBRATION_SCOPE=per_class, but the class uses the global map (see fallback_reason)")
+    fallback_reason: Literal["low_support", "one_label"] | None = Field(
+        description="'low_support': fewer than min_detections detections; 'one_label': only TPs or only FPs")
+    n: int = Field(description="non-ignored detections of the class (the calibration pairs)")
+    n_true_positives: int
+    ece_before: float | None
+    ece_after: float | None = Field(description="on cross-fitted (out-of-fold) calibrated scores")
+
+
 class Calibration(BaseModel):
-    method: Literal["temperature"]
+    method: CalibrationMethod
+    scope: Literal["global", "per_class"] = Field("global", description="one map for all classes, or one per class")
+    min_detections: int = Field(description="per_class: a class needs this many detections (and both labels) for its own map")
+    formula: str = Field(description="how a map turns a raw score s into a calibrated one")
     target: str = Field(description="what a calibrated score is the probability of")
-    fit: Literal["cross_validation"] = Field(description="how T was fitted without scoring detections it saw")
+    fit: Literal["cross_validation"] = Field(description="how the maps were fitted without scoring detections they saw")
     fit_description: str
     folds: int
     seed: int
     status: Literal["ok", "not_fitted"] = Field(description="'not_fitted' when the detections are all TP or all FP")
-    temperature: float | None = Field(description="T fitted on all images; calibrated = sigmoid(logit(score) / T)")
-    fold_temperatures: list[float] = Field(description="T fitted without each fold (their spread shows its stability)")
+    temperature: float | None = Field(description="temperature method: T fitted on all images; calibrated = sigmoid(logit(score) / T)")
+    fold_temperatures: list[float] = Field(description="temperature method: T fitted without each fold (their spread shows its stability)")
+    global_map: CalibrationMap | None = Field(description="the map fitted on all classes and images; null when not fitted")
     n_detections: int
     n_true_positives: int
     score_clip: float = Field(description="scores are clipped to [score_clip, 1 - score_clip] before the logit")
@@ -137,8 +169,10 @@ class Calibration(BaseModel):
     reliability_before: list[ReliabilityBin]
     reliability_after: list[ReliabilityBin]
     global_threshold: float | None = Field(description="summary.global_threshold on the calibrated scale")
-    thresholds: dict[str, float] = Field(description="class name -> threshold on the calibrated scale")
+    thresholds: dict[str, float] = Field(description="class name -> threshold on the calibrated scale (by the class's map)")
     classes: list[ClassCalibration]
+    per_class: list[ClassCalibrationMap] = Field(
+        description="each class's map (its own, or the global one), with ECE before/after; empty when not fitted")
 
 
 class Interval(BaseModel):
@@ -196,6 +230,7 @@ class Drift(BaseModel):
 class Artifacts(BaseModel):
     index: str | None = Field(description="the HTML page, relative to the report")
     plots: list[str] = Field(description="PNG files, relative to the report")
+    calibration: str | None = Field(None, description="calibration.json (the fitted maps, for serving), relative to the report")
 
 
 class Report(BaseModel):

@@ -65,13 +65,20 @@ class EvalSettings(BaseSettings):
         "AP/P/R/F1 are measured on the held-out images. 0: choose and measure on all images (optimistic).",
     )
     seed: int = Field(0, ge=0, description="Seed of every random draw: the holdout split, bootstrap resamples, calibration folds.")
-    calibration: Literal["none", "temperature"] = Field(
+    calibration: Literal["none", "temperature", "platt", "isotonic"] = Field(
         "none",
-        description="'temperature': fit one T on logit(score) against 'true positive at the IoU threshold' by maximum "
-        "likelihood (cross-fitted over image folds); report ECE before/after and thresholds on both scales. "
-        "Needs scores in [0, 1].",
+        description="Fit scores to 'true positive at the IoU threshold' (cross-fitted over image folds): 'temperature' "
+        "(sigmoid(logit(s) / T), maximum likelihood), 'platt' (sigmoid(a logit(s) + b), logistic regression) or "
+        "'isotonic' (isotonic regression); report ECE before/after, the maps (also in calibration.json) and "
+        "thresholds on both scales. Needs scores in [0, 1].",
     )
-    calibration_folds: int = Field(5, ge=2, le=100, description="Image folds for cross-fitting the temperature (honest ece_after).")
+    calibration_scope: Literal["global", "per_class"] = Field(
+        "global", description="'global': one map for all classes; 'per_class': one map per class (classes under "
+        "EVAL_CALIBRATION_MIN_DETECTIONS, or with only TPs or only FPs, use the global map, flagged).",
+    )
+    calibration_min_detections: int = Field(
+        50, ge=1, description="With EVAL_CALIBRATION_SCOPE=per_class: detections a class needs for its own map.")
+    calibration_folds: int = Field(5, ge=2, le=100, description="Image folds for cross-fitting the calibration (honest ece_after).")
     bootstrap: int = Field(
         0, ge=0, le=100_000,
         description="Bootstrap replicates (images resampled with replacement) for 95% percentile intervals of AP, "

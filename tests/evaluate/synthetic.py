@@ -15,16 +15,17 @@ def sigmoid(x):
     return 1.0 / (1.0 + np.exp(-x))
 
 
-def image_level_overconfident(tmp: Path, *, temperature: float, n_images=2000, n_classes=4, seed=0,
+def image_level_overconfident(tmp: Path, *, temperature, n_images=2000, n_classes=4, seed=0,
                               logit_scale=1.5) -> tuple[Path, Path]:
     """Image-level (multi-label) Parquet inputs whose scores are sigmoid(T * z) while P(label) = sigmoid(z).
 
     So the true calibrating temperature is `temperature`: sigmoid(logit(score) / T) = sigmoid(z).
+    A list gives each class its own temperature (class c{k} gets temperature[k]).
     """
     rng = np.random.default_rng(seed)
     z = rng.normal(0.0, logit_scale, (n_images, n_classes))
     labels = rng.random((n_images, n_classes)) < sigmoid(z)
-    scores = sigmoid(temperature * z)
+    scores = sigmoid(np.asarray(temperature, dtype=np.float64).reshape(1, -1) * z)
     names = np.array([f"img_{i:05d}.png" for i in range(n_images)], dtype=object)
     classes = np.array([f"c{k}" for k in range(n_classes)], dtype=object)
     pred = pa.table({"image": np.repeat(names, n_classes), "category": np.tile(classes, n_images),

@@ -124,7 +124,7 @@ def test_latest_in_flat_layout_is_the_report_in_place(first_run, job_env):
 
 
 def test_bad_settings_are_config_errors(tmp_path, job_env):
-    for env in ({"holdout_fraction": "1.5"}, {"calibration": "platt"}, {"nms_iou": "0"}, {"bootstrap": "-1"},
+    for env in ({"holdout_fraction": "1.5"}, {"calibration": "beta"}, {"nms_iou": "0"}, {"bootstrap": "-1"},
                 {"output_layout": "nested"}):
         proc = run_job(job_env, predictions_uri="p", annotations_uri="a", output_uri=tmp_path, **env)
         assert proc.returncode == ExitCode.CONFIG, env

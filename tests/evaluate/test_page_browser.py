@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import structlog
@@ -214,20 +213,18 @@ def test_history_panel_shows_one_point_per_run(browser, tmp_path, monkeypatch, r
 
 
 def test_runs_layout_page_reads_history_parquet(browser, tmp_path, monkeypatch):
-    """Two earlier runs in <output>/history.parquet plus this one: three points per class."""
+    """Two earlier scheduled runs appended to <output>/history.parquet, plus this one: three points per class."""
     gt, dets = make_coco_case(12, n_images=40)
     gt_path, det_path = write_case(tmp_path, gt, dets)
     root = tmp_path / "reports"
     settings = eval_settings(monkeypatch, predictions_uri=det_path, annotations_uri=gt_path, output_uri=root,
                              output_layout="runs")
-    assert job.run(settings, "run-1", LOG) == 0
-    report = json.loads((root / "runs" / "run-1" / "thresholds.json").read_text())
-    rows = history_of(report, 2)
-    pq.write_table(pa.Table.from_pylist(rows), root / "history.parquet")
-    assert job.run(settings, "run-2", LOG) == 0
-    clean_load(browser, root / "runs" / "run-2" / "index.html")
+    for run_id in ("run-1", "run-2", "run-3"):
+        assert job.run(settings, run_id, LOG) == 0
+    assert len(pq.read_table(root / "history.parquet")) == 3 * len(gt["categories"])
+    clean_load(browser, root / "runs" / "run-3" / "index.html")
     assert len(browser.find_elements(By.CSS_SELECTOR, "#hist-chart .hist-pt[data-series=threshold]")) == 3
-    assert browser.find_elements(By.CSS_SELECTOR, "#hist-table tbody tr")[-1].text.startswith("run-2")
+    assert browser.find_elements(By.CSS_SELECTOR, "#hist-table tbody tr")[-1].text.startswith("run-3")
 
 
 def test_page_with_every_feature_loads_clean(browser, tmp_path, monkeypatch):

@@ -87,7 +87,7 @@ def test_defaults_write_the_page_and_no_pngs(tmp_path, monkeypatch):
                    "defaults", LOG) == 0
     assert sorted(p.name for p in out.iterdir()) == ["index.html", "thresholds.json"]
     report = json.loads((out / "thresholds.json").read_text())
-    assert report["artifacts"] == {"index": "index.html", "plots": []}
+    assert report["artifacts"] == {"index": "index.html", "plots": [], "calibration": None}
     html = (out / "index.html").read_text()
     check_page(lambda ref: (out / ref).read_bytes(), html, report)
     assert "<img" not in html

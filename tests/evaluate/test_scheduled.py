@@ -52,6 +52,8 @@ def test_each_run_compares_with_the_previous_one(s3, inputs, monkeypatch):
     pointer = json.loads(s3.get("reports/nightly/latest.json"))  # the pointer names the previous run, drifted or not
     assert pointer["run_id"] == "evaluate-nightly-1002" and pointer["drifted"] is True
     assert s3.keys("reports/nightly/") == [
+        "reports/nightly/history.csv",
+        "reports/nightly/history.parquet",
         "reports/nightly/latest.json",
         *[f"reports/nightly/runs/evaluate-nightly-{n}/thresholds.json" for n in (1000, 1001, 1002)],
     ]
@@ -100,3 +102,39 @@ def test_run_ids_that_cannot_name_a_folder_are_refused(run_id, tmp_path):
     with pytest.raises(ConfigError):
         destination(str(tmp_path), "runs", run_id)
     destination(str(tmp_path), "flat", run_id)  # the flat layout does not use it
+
+
+def _pointer_race(root: str, monkeypatch) -> dict:
+    """The older slot reads the pointer, the newer one moves it, then the older one writes."""
+    import threading
+
+    from common import storage
+
+    dest_z, dest_old, dest_new = (destination(root, "runs", r) for r in ("z", "a", "b"))
+    update_pointer(dest_z, {"run": {"id": "z", "finished_at": "2026-01-01T00:00:00.000+00:00"}}, LOG)
+    newer_done = threading.Event()
+    real_read = storage.read
+
+    def read(uri, **kw):
+        blob = real_read(uri, **kw)
+        if threading.current_thread().name == "older" and not newer_done.is_set():
+            assert newer_done.wait(30)
+        return blob
+
+    monkeypatch.setattr(storage, "read", read)
+    older = threading.Thread(target=update_pointer, name="older", args=(
+        dest_old, {"run": {"id": "a", "finished_at": "2026-01-02T00:00:00.000+00:00"}}, LOG))
+    older.start()
+    update_pointer(dest_new, {"run": {"id": "b", "finished_at": "2026-01-03T00:00:00.000+00:00"}}, LOG)
+    newer_done.set()
+    older.join(30)
+    monkeypatch.setattr(storage, "read", real_read)
+    return json.loads(storage.read(storage.join(root, "latest.json")).data)
+
+
+def test_two_slots_finishing_at_once_leave_the_pointer_at_the_later_on_s3(s3, monkeypatch):
+    assert _pointer_race(s3.uri("reports/nightly"), monkeypatch)["run_id"] == "b"
+
+
+def test_two_slots_finishing_at_once_leave_the_pointer_at_the_later_on_disk(tmp_path, monkeypatch):
+    assert _pointer_race(str(tmp_path), monkeypatch)["run_id"] == "b"
