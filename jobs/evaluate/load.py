@@ -133,6 +133,12 @@ def _decode_json(blob: Blob, schema):
     except msgspec.DecodeError as exc:
         hint = " (one JSON object per line? set EVAL_FORMAT=jsonl)" if "trailing" in str(exc).lower() else ""
         raise InputDataError(f"{blob.uri}: not valid JSON: {exc}{hint}") from None
+    except RecursionError:
+        raise InputDataError(f"{blob.uri}: {TOO_DEEP}") from None
+
+
+# msgspec (and json) recurse per nesting level: 100,000 `[` overflow the stack (RecursionError).
+TOO_DEEP = "JSON nested too deeply (no COCO or table value nests more than 4 levels)"
 
 
 def _describe_validation(exc: msgspec.ValidationError, first_row: int = 0) -> str:
@@ -249,12 +255,14 @@ def _polygons(segmentations: list[msgspec.Raw], uri: str, where: str) -> Polygon
 def _polygon_chunk(raws: list[msgspec.Raw], first_row: int, uri: str, where: str) -> Polygons:
     try:
         segmentations = _SEGMENTATIONS.decode(b"[" + b",".join(raws) + b"]")
-    except msgspec.ValidationError:
+    except (msgspec.ValidationError, RecursionError):
         for i, raw in enumerate(raws):  # name the row
             try:
                 _SEGMENTATION.decode(raw)
             except msgspec.ValidationError as exc:
                 raise InputDataError(f"{uri}: {where}[{first_row + i}].segmentation: {_describe_validation(exc)}") from None
+            except RecursionError:
+                raise InputDataError(f"{uri}: {where}[{first_row + i}].segmentation: {TOO_DEEP}") from None
         raise
     # All parts of all rows as one flat array, checked at once.
     rows = [seg if isinstance(seg, list) else [] for seg in segmentations]
@@ -342,6 +350,8 @@ def _results(raws: list[msgspec.Raw], first: int, uri: str) -> _Results:
         results = _RESULTS.decode(b"[" + b",".join(raws) + b"]")
     except msgspec.ValidationError as exc:
         raise InputDataError(f"{uri}: {_describe_validation(exc, first)}") from None
+    except RecursionError:
+        raise InputDataError(f"{uri}: rows {first}..{first + len(raws) - 1}: {TOO_DEEP}") from None
     score = np.fromiter(map(attrgetter("score"), results), dtype=np.float64, count=len(results))
     _check_scores(score, uri, lambda i: f"[{first + i}].score")
     return _Results(first, _ids(results, "image_id"), _ids(results, "category_id"), score,
@@ -376,9 +386,15 @@ def _read_arrow(blob: Blob, fmt: str):
             import pyarrow.json as pajson
 
             return pajson.read_json(source)
-    except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as exc:
-        raise InputDataError(f"{blob.uri}: cannot read as {fmt}: {exc}") from None
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, OSError) as exc:
+        raise InputDataError(f"{blob.uri}: cannot read as {fmt}: {_rows_from_one(str(exc)) if fmt == 'jsonl' else exc}") from None
     raise ConfigError(f"EVAL_FORMAT: {fmt!r} is not a table format")
+
+
+def _rows_from_one(message: str) -> str:
+    """pyarrow's JSON reader counts rows from 0 ("in row 1" is the second line); CSV and Parquet
+    errors here count from 1, and so do JSONL ones."""
+    return re.sub(r"\bin row (\d+)", lambda m: f"in row {int(m.group(1)) + 1}", message)
 
 
 def _column(table, name: str, uri: str, *, our: str):
@@ -391,11 +407,18 @@ def _column(table, name: str, uri: str, *, our: str):
     return table.column(name).combine_chunks()
 
 
+def _check_flat(col, name: str, uri: str) -> None:
+    """Refuse list, struct, map (and other nested) columns where one value per row is expected."""
+    if col.type.num_fields:  # nested types have child fields; numbers, strings and dictionaries none
+        raise InputDataError(f"{uri}: column {name!r}: expected one value per row, got {col.type}")
+
+
 def _numeric(table, name: str, uri: str, *, our: str, nullable: bool = False) -> np.ndarray:
     import pyarrow as pa
     import pyarrow.compute as pc
 
     col = _column(table, name, uri, our=our)
+    _check_flat(col, name, uri)
     if not nullable and col.null_count:
         row = int(np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False))[0])
         raise InputDataError(f"{uri}: row {row + 1}, column {name!r}: missing value")
@@ -417,6 +440,7 @@ def _dictionary(table, name: str, uri: str, *, our: str, nullable: bool = False)
     import pyarrow as pa
 
     col = _column(table, name, uri, our=our)
+    _check_flat(col, name, uri)
     if col.null_count and not nullable:
         row = int(np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False))[0])
         raise InputDataError(f"{uri}: row {row + 1}, column {name!r}: missing value")
@@ -442,6 +466,10 @@ def _table_polygons(table, name: str, uri: str) -> Polygons | None:
                 value = msgspec.json.decode(value)
             except msgspec.DecodeError:
                 raise InputDataError(f"{uri}: row {row + 1}, column {name!r}: not a JSON list of x, y") from None
+            except RecursionError:
+                raise InputDataError(f"{uri}: row {row + 1}, column {name!r}: {TOO_DEEP}") from None
+        if not isinstance(value, list):
+            raise InputDataError(f"{uri}: row {row + 1}, column {name!r}: not a list of x, y")
         parts = value if value and isinstance(value[0], list) else [value]
         try:
             arrays = [np.asarray(p, dtype=np.float64) for p in parts]
