@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from common import storage
-from common.errors import InputDataError, StorageError
+from common.errors import ConfigError, InputDataError, StorageError
 
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"  # torchvision's and the publisher's checksum
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
@@ -256,8 +256,12 @@ def decode_folder(folder: Path, *, uri: str, sha256: str) -> CifarData:
 
 def load_cifar(*, data_uri: str, cache_dir: Path, download_url: str, expected_sha256: str | None, log) -> CifarData:
     """Fetch, verify, extract and decode; every failure is an error naming the input."""
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=cache_dir, prefix="work-") as tmp:
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        work = tempfile.TemporaryDirectory(dir=cache_dir, prefix="work-")
+    except OSError as exc:  # a file where a folder should be, no permission, read-only volume
+        raise ConfigError(f"TRAIN_CACHE_DIR: cannot use {str(cache_dir)!r} as a folder: {exc.strerror or exc}") from None
+    with work as tmp:
         workdir = Path(tmp)
         if data_uri == "download":
             path, uri = fetch_download(url=download_url, cache_dir=cache_dir), download_url
