@@ -184,14 +184,36 @@ def _numpy_reconstruct():
     return _reconstruct
 
 
+def _numpy_frombuffer():
+    try:
+        from numpy._core.numeric import _frombuffer
+    except ImportError:  # numpy < 2
+        from numpy.core.numeric import _frombuffer
+    return _frombuffer
+
+
+def _latin1_encode(text, encoding="utf-8", errors="strict"):
+    """`_codecs.encode` as protocol 2 uses it: Python 3 writes bytes as `encode(str, 'latin1')` so
+    Python 2 can read them. Only that codec is admitted (others, like zlib, are not needed)."""
+    if encoding not in ("latin1", "latin-1") or errors != "strict" or not isinstance(text, str):
+        raise pickle.UnpicklingError(f"refused _codecs.encode with {encoding!r}: only 'latin1' rebuilds bytes")
+    return text.encode("latin1")
+
+
 class CifarUnpickler(pickle.Unpickler):
-    """Admits only the globals a CIFAR batch pickle needs to rebuild a numpy array."""
+    """Admits exactly the globals a CIFAR batch pickle of protocol 0-5 needs, like
+    torch.load(weights_only=True)'s allowlist: numpy array reconstruction (protocols 0-4, under
+    numpy 1's and 2's module names), numpy's buffer reconstruction (protocol 5) and the latin-1
+    bytes of protocol 2. Each rebuilds data; none calls anything else."""
 
     ALLOWED = {
         ("numpy.core.multiarray", "_reconstruct"): _numpy_reconstruct(),
         ("numpy._core.multiarray", "_reconstruct"): _numpy_reconstruct(),
+        ("numpy.core.numeric", "_frombuffer"): _numpy_frombuffer(),
+        ("numpy._core.numeric", "_frombuffer"): _numpy_frombuffer(),
         ("numpy", "ndarray"): np.ndarray,
         ("numpy", "dtype"): np.dtype,
+        ("_codecs", "encode"): _latin1_encode,
     }
 
     def find_class(self, module: str, name: str):
