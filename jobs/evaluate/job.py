@@ -21,7 +21,7 @@ from jobs.evaluate.bootstrap import bootstrap_intervals
 from jobs.evaluate.calibration import calibrate
 from jobs.evaluate.classes import add_ap_by_iou, evaluate_at_thresholds, evaluate_classes
 from jobs.evaluate.drift import drift_block, read_baseline
-from jobs.evaluate.load import detect_format, read_input
+from jobs.evaluate.load import decompressed, detect_format, read_input
 from jobs.evaluate.match import Matches, match_at_thresholds
 from jobs.evaluate.nms import nms_keep
 from jobs.evaluate.page import render_index
@@ -42,6 +42,7 @@ def load_inputs(settings: EvalSettings, log):
     ):
         t0 = time.perf_counter()
         blob = storage.read(uri, mapped=True).hash_in_background()  # the digest overlaps the parsing
+        blob = decompressed(blob, max_bytes=settings.max_decompressed_bytes)
         fmt = detect_format(blob, fmt)
         tables[side] = (read_input(blob, fmt, settings.column, predictions=side == "predictions"), fmt)
         log.info("loaded", input=side, uri=uri, format=fmt, rows=tables[side][0].rows,

@@ -119,6 +119,28 @@ def detect_format(blob: Blob, requested: str) -> str:
     raise InputDataError(f"{blob.uri}: cannot tell the format from the name or content; set EVAL_FORMAT")
 
 
+GZIP_MAGIC = b"\x1f\x8b"
+
+
+def decompressed(blob: Blob, *, max_bytes: int) -> Blob:
+    """A gzip-compressed input (recognised by its content, whatever its name), decompressed up to
+    `max_bytes` (EVAL_MAX_DECOMPRESSED_BYTES); other inputs as they are. The version stays that of
+    the stored (compressed) object."""
+    if blob.data[:2] != GZIP_MAGIC:
+        return blob
+    import gzip
+    import zlib
+
+    try:
+        with gzip.GzipFile(fileobj=io.BytesIO(blob.data)) as gz:
+            data = gz.read(max_bytes + 1)
+    except (OSError, EOFError, zlib.error) as exc:  # BadGzipFile is an OSError
+        raise InputDataError(f"{blob.uri}: not a readable gzip file: {exc}") from None
+    if len(data) > max_bytes:
+        raise InputDataError(f"{blob.uri}: decompresses to more than EVAL_MAX_DECOMPRESSED_BYTES={max_bytes:,} bytes")
+    return Blob(blob.uri, data, blob.version)
+
+
 def _check_not_empty(blob: Blob) -> None:
     if re.search(rb"\S", blob.data) is None:  # stops at the first non-space; strip() would copy the file
         raise InputDataError(f"{blob.uri}: the file is empty")
@@ -335,7 +357,8 @@ def read_coco_results(blob: Blob) -> Table:
     boxless = [chunk for chunk in chunks if chunk.boxes is None]
     if boxless and len(boxless) < len(chunks):
         raise InputDataError(f"{blob.uri}: [{boxless[0].first}] has no bbox while other results do")
-    boxes = np.concatenate([chunk.boxes for chunk in chunks]) if chunks and not boxless else None
+    # No rows at all ([]) is an empty prediction set, as a header-only CSV is: zero boxes, not "no geometry".
+    boxes = np.concatenate([chunk.boxes for chunk in chunks]) if chunks and not boxless else None if chunks else np.zeros((0, 4))
     return Table(
         uri=blob.uri, format="coco", version=blob.version,
         image_codes=image_codes, image_refs=image_refs,

@@ -94,6 +94,10 @@ class EvalSettings(BaseSettings):
         description="'flat': write into EVAL_OUTPUT_URI. 'runs' (scheduled runs): write into "
         "EVAL_OUTPUT_URI/runs/<run id>/ (the report only if absent), then point EVAL_OUTPUT_URI/latest.json at it.",
     )
+    max_decompressed_bytes: int = Field(
+        8 * 2**30, ge=1,
+        description="Most bytes a gzip-compressed input (.gz, or gzip content) may decompress to; more is an input "
+        "error (65): a small file can hold a huge payload.")
     plots: bool = Field(True, description="Write PNG plots per class and an index.html beside the report.")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
 

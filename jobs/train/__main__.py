@@ -86,6 +86,7 @@ def train(settings: TrainSettings, run_id: str, log) -> int:
         started = utc_now()
         with local_rank_zero_first(env):  # a shared download cache is filled once per node
             data = load_cifar(data_uri=settings.data_uri, cache_dir=Path(settings.cache_dir),
+                              max_extracted_bytes=settings.max_extracted_bytes,
                               download_url=settings.download_url, expected_sha256=settings.data_sha256, log=log)
         images, labels = data.train_images.to(env.device), data.train_labels.to(env.device)
         steps = steps_per_epoch(n=len(labels), batch_size=settings.batch_size, world_size=env.world_size)

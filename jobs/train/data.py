@@ -128,14 +128,24 @@ def folder_digest(folder: Path) -> str:
 _FILTER_ERRORS = (tarfile.FilterError,) if hasattr(tarfile, "FilterError") else ()
 
 
-def extract_archive(path: Path, *, uri: str, dest: Path) -> Path:
-    """Extract with the "data" filter; return the folder holding the batch files."""
+DEFAULT_MAX_EXTRACTED_BYTES = 4 * 2**30  # TRAIN_MAX_EXTRACTED_BYTES
+
+
+def extract_archive(path: Path, *, uri: str, dest: Path, max_bytes: int = DEFAULT_MAX_EXTRACTED_BYTES) -> Path:
+    """Extract with the "data" filter, member by member, while the members' sizes stay within
+    `max_bytes` in total (a 1.4 MB archive can hold a 1 GiB member); return the batch folder."""
     try:
         with tarfile.open(path, "r:*") as tar:
-            if hasattr(tarfile, "data_filter"):
-                tar.extractall(dest, filter="data")
-            else:
-                extract_regular_files(tar, uri=uri, dest=dest)
+            total = 0
+            for member in tar:  # headers come one at a time: nothing past the cap is extracted
+                total += member.size
+                if total > max_bytes:
+                    raise InputDataError(f"{uri}: archive member {member.name!r} takes the extracted size past "
+                                         f"TRAIN_MAX_EXTRACTED_BYTES={max_bytes:,} bytes")
+                if hasattr(tarfile, "data_filter"):
+                    tar.extract(member, dest, filter="data")
+                else:
+                    extract_regular_file(tar, member, uri=uri, dest=dest)
     except _FILTER_ERRORS as exc:
         raise InputDataError(f"{uri}: refused archive member {exc.tarinfo.name!r}: {exc}") from None
     except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
@@ -144,24 +154,28 @@ def extract_archive(path: Path, *, uri: str, dest: Path) -> Path:
 
 
 def extract_regular_files(tar: tarfile.TarFile, *, uri: str, dest: Path) -> None:
+    for member in tar:
+        extract_regular_file(tar, member, uri=uri, dest=dest)
+
+
+def extract_regular_file(tar: tarfile.TarFile, member: tarfile.TarInfo, *, uri: str, dest: Path) -> None:
     """Where tarfile has no filters: admit only folders and regular files that land inside `dest`.
 
     Stricter than the "data" filter (no links at all), which the CIFAR layout never needs.
     """
     root = dest.resolve()
-    for member in tar.getmembers():
-        target = (root / member.name).resolve()
-        inside = target == root or root in target.parents
-        if not (member.isfile() or member.isdir()) or not inside:
-            raise InputDataError(f"{uri}: refused archive member {member.name!r}: only regular files inside the "
-                                 "archive's own folder are allowed")
-        if member.isdir():
-            target.mkdir(parents=True, exist_ok=True)
-            continue
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with tar.extractfile(member) as src, open(target, "wb") as dst:
-            while chunk := src.read(1 << 20):
-                dst.write(chunk)
+    target = (root / member.name).resolve()
+    inside = target == root or root in target.parents
+    if not (member.isfile() or member.isdir()) or not inside:
+        raise InputDataError(f"{uri}: refused archive member {member.name!r}: only regular files inside the "
+                             "archive's own folder are allowed")
+    if member.isdir():
+        target.mkdir(parents=True, exist_ok=True)
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tar.extractfile(member) as src, open(target, "wb") as dst:
+        while chunk := src.read(1 << 20):
+            dst.write(chunk)
 
 
 def find_batches_folder(root: Path, *, uri: str) -> Path:
@@ -276,7 +290,8 @@ def decode_folder(folder: Path, *, uri: str, sha256: str) -> CifarData:
 # --- the whole path ----------------------------------------------------------------------------
 
 
-def load_cifar(*, data_uri: str, cache_dir: Path, download_url: str, expected_sha256: str | None, log) -> CifarData:
+def load_cifar(*, data_uri: str, cache_dir: Path, download_url: str, expected_sha256: str | None, log,
+               max_extracted_bytes: int = DEFAULT_MAX_EXTRACTED_BYTES) -> CifarData:
     """Fetch, verify, extract and decode; every failure is an error naming the input."""
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
@@ -296,7 +311,7 @@ def load_cifar(*, data_uri: str, cache_dir: Path, download_url: str, expected_sh
             data = decode_folder(folder, uri=uri, sha256=folder_digest(folder))
         else:
             sha256 = verify_archive(path, uri=uri, expected_sha256=expected_sha256, log=log)
-            folder = extract_archive(path, uri=uri, dest=workdir / "extracted")
+            folder = extract_archive(path, uri=uri, dest=workdir / "extracted", max_bytes=max_extracted_bytes)
             data = decode_folder(folder, uri=uri, sha256=sha256)
     log.info("data loaded", uri=uri, train=len(data.train_labels), test=len(data.test_labels),
              classes=len(data.classes), sha256=data.sha256)

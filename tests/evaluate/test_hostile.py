@@ -134,3 +134,62 @@ def test_latest_pointer_must_name_a_report_inside_its_folder(case, job_env, tmp_
     proc = run_job({**job_env, "RUN_ID": "r2"}, tmp_path, output_uri=str(scheduled), output_layout="runs",
                    baseline_uri="latest")
     assert_clean_failure(proc, ExitCode.INPUT_DATA, *needles, out=scheduled / "runs" / "r2")
+
+
+def _statuses(path: Path) -> dict:
+    report = json.loads(path.read_text())
+    return {c["name"]: (c["status"], c["n_ground_truth"], c["n_predictions"], c["average_precision"], c["threshold"])
+            for c in report["classes"]}
+
+
+def test_empty_prediction_list_is_a_valid_evaluation_like_a_header_only_csv(job_env, tmp_path):
+    """`[]` used to exit 65 ("predictions have no boxes") while a header-only CSV exited 0."""
+    empty_json = write(tmp_path, "predictions.json", "[]")
+    header_only = write(tmp_path, "predictions.csv", CSV_HEADER)
+    for name, path in (("json", empty_json), ("csv", header_only)):
+        proc = run_job(job_env, tmp_path, predictions_uri=path, output_uri=str(tmp_path / name))
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert _statuses(tmp_path / "json" / "thresholds.json") == _statuses(tmp_path / "csv" / "thresholds.json")
+    statuses = _statuses(tmp_path / "json" / "thresholds.json")
+    annotated = {name: s for name, s in statuses.items() if s[1] > 0}  # the sample also lists an unannotated class
+    assert len(annotated) == 3 and all(s[0] == "no_predictions" and s[2] == 0 and s[3] == 0 for s in annotated.values())
+
+
+def test_gzip_inputs_are_decompressed(job_env, tmp_path):
+    import gzip
+
+    plain = run_job(job_env, tmp_path, output_uri=str(tmp_path / "plain"))
+    assert plain.returncode == 0, plain.stdout + plain.stderr
+    gt = tmp_path / "annotations.json.gz"
+    gt.write_bytes(gzip.compress((SAMPLE / "annotations.json").read_bytes()))
+    pred = tmp_path / "predictions.csv.gz"
+    pred.write_bytes(gzip.compress((SAMPLE / "predictions.csv").read_bytes()))
+    proc = run_job(job_env, tmp_path, annotations_uri=str(gt), predictions_uri=str(pred), output_uri=str(tmp_path / "gz"))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert _statuses(tmp_path / "gz" / "thresholds.json") == _statuses(tmp_path / "plain" / "thresholds.json")
+    report = json.loads((tmp_path / "gz" / "thresholds.json").read_text())
+    assert report["inputs"]["predictions"]["format"] == "csv"
+
+
+def test_gzip_bomb_and_broken_gzip_are_input_errors(job_env, tmp_path):
+    import gzip
+
+    bomb = tmp_path / "predictions.csv.gz"
+    bomb.write_bytes(gzip.compress(CSV_HEADER.encode() + b"x" * 5_000_000))
+    proc = run_job(job_env, tmp_path, predictions_uri=str(bomb), max_decompressed_bytes="1000000")
+    assert_clean_failure(proc, ExitCode.INPUT_DATA, "predictions.csv.gz", "EVAL_MAX_DECOMPRESSED_BYTES=1,000,000",
+                         out=tmp_path / "out")
+    broken = tmp_path / "broken.csv.gz"
+    broken.write_bytes(gzip.compress((SAMPLE / "predictions.csv").read_bytes())[:200])
+    proc = run_job(job_env, tmp_path, predictions_uri=str(broken))
+    assert_clean_failure(proc, ExitCode.INPUT_DATA, "broken.csv.gz", "not a readable gzip file", out=tmp_path / "out")
+
+
+def test_jsonl_rows_count_from_one(job_env, tmp_path):
+    good = '{"image": "frame_0001.jpg", "category": "car", "score": 0.9, "bbox_x": 1, "bbox_y": 1, "bbox_w": 5, "bbox_h": 5}'
+    path = write(tmp_path, "predictions.jsonl", good + "\n" + good.replace("0.9", '"high"') + "\n")
+    proc = run_job(job_env, tmp_path, predictions_uri=path)
+    assert_clean_failure(proc, ExitCode.INPUT_DATA, "predictions.jsonl", "in row 2", out=tmp_path / "out")
+    path = write(tmp_path, "predictions.jsonl", good + "\n" + good.replace('"score": 0.9, ', "") + "\n")
+    proc = run_job(job_env, tmp_path, predictions_uri=path)
+    assert_clean_failure(proc, ExitCode.INPUT_DATA, "predictions.jsonl", "row 2", out=tmp_path / "out")

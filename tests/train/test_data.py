@@ -301,3 +301,33 @@ def test_fallback_extraction_without_tarfile_filters_refuses_links_and_traversal
     with tarfile.open(good) as tar:
         cifar.extract_regular_files(tar, uri=str(good), dest=tmp_path / "ok")
     assert (tmp_path / "ok" / "cifar-10-batches-py" / "readme.txt").read_bytes() == b"hello"
+
+
+def test_extracted_size_is_capped(tmp_path):
+    """A small archive holding a huge member: refused before that member is written (TRAIN_MAX_EXTRACTED_BYTES)."""
+    big = tarfile.TarInfo(f"{cifar.FOLDER_NAME}/zeros.bin")
+    big.size = 64 * 2**20  # 64 MiB of zeros: ~64 KiB compressed
+    archive = tmp_path / "bomb.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        for name, payload in valid_members().items():
+            info = tarfile.TarInfo(f"{cifar.FOLDER_NAME}/{name}")
+            info.size = len(payload)
+            tar.addfile(info, io.BytesIO(payload))
+        tar.addfile(big, io.BytesIO(bytes(big.size)))
+    assert archive.stat().st_size < 2**20
+    cache = tmp_path / "cache"
+    with pytest.raises(InputDataError, match=r"'cifar-10-batches-py/zeros\.bin' takes the extracted size past "
+                                             r"TRAIN_MAX_EXTRACTED_BYTES=33,554,432"):
+        cifar.load_cifar(data_uri=str(archive), cache_dir=cache, download_url="", expected_sha256=None, log=LOG,
+                         max_extracted_bytes=32 * 2**20)
+    assert not list(cache.rglob("zeros.bin"))
+    # Under the cap (the default is 4 GiB) the same archive extracts.
+    assert load(tar_with(tmp_path / "ok.tar.gz", valid_members()), tmp_path).classes == DIGITS
+
+
+def test_extracted_size_cap_is_a_setting(train_env, digits_archive, tmp_path):
+    env = {**train_env, "TRAIN_DATA_URI": str(digits_archive), "TRAIN_OUTPUT_URI": str(tmp_path / "out"),
+           "TRAIN_MAX_EXTRACTED_BYTES": "1000"}
+    proc = run_train(env, timeout=120)
+    assert proc.returncode == 65, proc.stdout + proc.stderr
+    assert "TRAIN_MAX_EXTRACTED_BYTES=1,000" in log_lines(proc.stdout)[-1]["error"]
