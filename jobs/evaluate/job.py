@@ -65,23 +65,33 @@ def run(settings: EvalSettings, run_id: str, log: structlog.BoundLogger) -> int:
         return drift_exit_code(doc, settings.fail_on_drift, log)
 
     report, evidence = evaluate(settings, run_id, log)
-    if settings.plots:
-        t0 = time.perf_counter()
-        files, per_class, pooled = render_plots(report, class_curves(
-            evidence.aligned, evidence.matches, evidence.evaluation_mask, evidence.calibrated))
-        files[INDEX_NAME] = render_index(report, per_class, pooled, REPORT_NAME).encode()
-        report.artifacts = Artifacts(index=INDEX_NAME, plots=sorted(n for n in files if n != INDEX_NAME))
-        for name, data in files.items():
-            storage.write(storage.join(dest.prefix, name), data,
-                          content_type="text/html; charset=utf-8" if name == INDEX_NAME else "image/png")
-        log.info("plots written", prefix=dest.prefix, files=len(files), seconds=round(time.perf_counter() - t0, 3))
-
-    body = report.model_dump_json(indent=2).encode()
+    page, staged = None, []
     try:
-        storage.write(dest.report_uri, body, content_type="application/json", if_absent=dest.conditional)
-    except AlreadyExists:
-        log.warning("another run wrote this slot's report first; keeping theirs", uri=dest.report_uri)
-        body = storage.read(dest.report_uri).data
+        if settings.plots:
+            t0 = time.perf_counter()
+            files, per_class, pooled = render_plots(report, class_curves(
+                evidence.aligned, evidence.matches, evidence.evaluation_mask, evidence.calibrated))
+            files, per_class, pooled = _staged(dest.staging, files, per_class, pooled)
+            page = render_index(report, per_class, pooled, REPORT_NAME).encode()
+            report.artifacts = Artifacts(index=INDEX_NAME, plots=sorted(files))
+            for name, data in files.items():
+                if dest.staging:  # a folder of this run's alone: safe to remove again
+                    staged.append(storage.join(dest.prefix, name))
+                storage.write(storage.join(dest.prefix, name), data, content_type="image/png")
+            log.info("plots written", prefix=storage.join(dest.prefix, dest.staging), files=len(files),
+                     seconds=round(time.perf_counter() - t0, 3))
+
+        body = report.model_dump_json(indent=2).encode()
+        try:
+            storage.write(dest.report_uri, body, content_type="application/json", if_absent=dest.conditional)
+        except AlreadyExists:
+            log.warning("another run wrote this slot's report first; keeping theirs", uri=dest.report_uri)
+            body, page = storage.read(dest.report_uri).data, None  # their page, not ours
+    except BaseException:
+        _remove_staged(staged, log)  # named by no report: a reader never sees them either way
+        raise
+    if page is not None:  # exposed only now that the report it shows is committed
+        storage.write(storage.join(dest.prefix, INDEX_NAME), page, content_type="text/html; charset=utf-8")
     doc = json.loads(body)
     s = report.summary
     log.info("report written", uri=dest.report_uri, mean_average_precision=s.mean_average_precision,
@@ -90,6 +100,25 @@ def run(settings: EvalSettings, run_id: str, log: structlog.BoundLogger) -> int:
     if sys.stdout.isatty():
         print(format_table(report), flush=True)
     return drift_exit_code(doc, settings.fail_on_drift, log)
+
+
+def _staged(folder: str, files: dict, per_class: dict, pooled: str | None):
+    """The plots' names moved under this run's own `folder` (relative to the report's)."""
+    if not folder:
+        return files, per_class, pooled
+    moved = lambda name: f"{folder}/{name}"  # noqa: E731
+    return ({moved(n): data for n, data in files.items()},
+            {c: {kind: moved(n) for kind, n in names.items()} for c, names in per_class.items()},
+            None if pooled is None else moved(pooled))
+
+
+def _remove_staged(uris: list[str], log) -> None:
+    for uri in uris:
+        try:
+            storage.delete(uri)
+        except Exception as exc:  # the run's own error matters more; a leftover is named by nothing
+            log.warning("staged file not removed", uri=uri, error=str(exc))
+            return
 
 
 def drift_exit_code(doc: dict, fail_on_drift: bool, log) -> int:
