@@ -160,7 +160,7 @@ def _decode_json(blob: Blob, schema):
 
 
 # msgspec (and json) recurse per nesting level: 100,000 `[` overflow the stack (RecursionError).
-TOO_DEEP = "JSON nested too deeply (no COCO or table value nests more than 4 levels)"
+TOO_DEEP = "JSON nested too deeply (COCO and table values nest a few levels, not thousands)"
 
 
 def _describe_validation(exc: msgspec.ValidationError, first_row: int = 0) -> str:
@@ -391,10 +391,38 @@ def _check_scores(score: np.ndarray, uri: str, locate) -> None:
 # -- tables ----------------------------------------------------------------------------------------
 
 
+MAX_JSONL_DEPTH = 64  # a table row nests 3 levels (row, polygon parts, polygon)
+_DEPTH_CHUNK = 1 << 22
+_BRACKET_STEP = np.zeros(256, np.int8)  # byte -> +1 for [ and {, -1 for ] and }
+_BRACKET_STEP[[ord("["), ord("{")]], _BRACKET_STEP[[ord("]"), ord("}")]] = 1, -1
+
+
+def _check_jsonl_depth(blob: Blob) -> None:
+    """Refuse JSONL lines nested deeper than MAX_JSONL_DEPTH before pyarrow parses them: its
+    reader recurses per level and a 100,000-deep line overflows its stack (the process dies by
+    SIGSEGV). Brackets are counted per line, in chunks (strings hold no raw newline); brackets
+    inside strings can only make the count larger."""
+    data, depth, lines = blob.data, 0, 0
+    for start in range(0, len(data), _DEPTH_CHUNK):
+        a = np.frombuffer(data[start:start + _DEPTH_CHUNK], np.uint8)
+        level = np.cumsum(_BRACKET_STEP[a], dtype=np.int32) + depth  # |level| <= chunk + limit
+        newlines = np.flatnonzero(a == 10)
+        starts = np.r_[0, newlines + 1]
+        base = np.r_[0, level[newlines]]  # the depth restarts at 0 after each newline
+        keep = starts < a.size
+        deepest = np.maximum.reduceat(level, starts[keep]) - base[keep]
+        if deepest.size and deepest.max() > MAX_JSONL_DEPTH:
+            line = lines + int(np.flatnonzero(deepest > MAX_JSONL_DEPTH)[0]) + 1
+            raise InputDataError(f"{blob.uri}: row {line}: {TOO_DEEP}")
+        depth, lines = max(int(level[-1] - base[-1]), 0), lines + newlines.size  # stray closers never lower it
+
+
 def _read_arrow(blob: Blob, fmt: str):
     import pyarrow as pa
 
     _check_not_empty(blob)
+    if fmt == "jsonl":
+        _check_jsonl_depth(blob)
     source = io.BytesIO(blob.data)
     try:
         if fmt == "csv":

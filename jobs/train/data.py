@@ -9,10 +9,11 @@ Safety, because an archive is untrusted input:
 - the archive's sha256 must equal `TRAIN_DATA_SHA256` when that is set; without it the published
   CIFAR-10 md5 identifies the original archive, anything else is logged as unverified;
 - members are extracted with tarfile's "data" filter (no absolute paths, no `..`, no links out,
-  no device files): a refused member is an `InputDataError` naming it;
+  no device files), one at a time while their sizes stay within TRAIN_MAX_EXTRACTED_BYTES in all:
+  a refused member is an `InputDataError` naming it;
 - batch files are unpickled by `CifarUnpickler`, which admits only what the layout uses (dict, list,
-  str, bytes, int and numpy array reconstruction). A pickle asking for anything else (os.system,
-  builtins.eval, ...) is an `InputDataError` and nothing in it runs.
+  str, bytes, int and numpy array reconstruction, in pickle protocols 0-5). A pickle asking for
+  anything else (os.system, builtins.eval, ...) is an `InputDataError` and nothing in it runs.
 """
 
 from __future__ import annotations

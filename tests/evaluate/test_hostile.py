@@ -31,6 +31,11 @@ DEEP_JSON = {
                                    ["annotations.json", "nested too deeply"]),
     "annotations, segmentation": ("annotations", "annotations.json", _gt_with(segmentation="@DEEP@"),
                                   ["annotations.json", "nested too deeply"]),
+    # pyarrow's JSON reader recursed until the process died by SIGSEGV (exit -11)
+    "predictions, jsonl polygon": ("predictions", "predictions.jsonl",
+                                   '{"image": "frame_0001.jpg", "category": "car", "score": 0.9, "bbox_x": 1, "bbox_y": 1, '
+                                   '"bbox_w": 5, "bbox_h": 5}\n{"image": "frame_0001.jpg", "polygon": ' + DEEP_LIST + "}\n",
+                                   ["predictions.jsonl", "row 2", "nested too deeply"]),
     "predictions, polygon column": ("predictions", "predictions.csv",
                                     CSV_HEADER.replace("\n", ",polygon\n") + f'{ROW},"{DEEP_LIST}"\n',
                                     ["predictions.csv", "row 1", "'polygon'", "nested too deeply"]),
