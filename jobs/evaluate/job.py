@@ -75,9 +75,9 @@ def run(settings: EvalSettings, run_id: str, log: structlog.BoundLogger) -> int:
             page = render_index(report, per_class, pooled, REPORT_NAME).encode()
             report.artifacts = Artifacts(index=INDEX_NAME, plots=sorted(files))
             for name, data in files.items():
+                storage.write(storage.join(dest.prefix, name), data, content_type="image/png")
                 if dest.staging:  # a folder of this run's alone: safe to remove again
                     staged.append(storage.join(dest.prefix, name))
-                storage.write(storage.join(dest.prefix, name), data, content_type="image/png")
             log.info("plots written", prefix=storage.join(dest.prefix, dest.staging), files=len(files),
                      seconds=round(time.perf_counter() - t0, 3))
 
