@@ -6,11 +6,12 @@ unknown variables with the job's prefix (a typo would otherwise be silently igno
 """
 
 import os
+import re
 import textwrap
 from typing import TypeVar
 
 from pydantic import Field, ValidationError
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from common.errors import ConfigError
 
@@ -36,6 +37,13 @@ def load_settings(cls: type[S], environ: dict[str, str] | None = None) -> S:
         raise ConfigError(f"unknown variable(s) {', '.join(unknown)}; see --help for the list")
     try:
         return cls()
+    except SettingsError as exc:  # a value the source cannot decode, e.g. EVAL_COLUMNS=image=path (not JSON)
+        match = re.search(r'field "([^"]+)"', str(exc))
+        var = env_name(cls, match[1]) if match else prefix.rstrip("_")
+        value = environ.get(var)
+        cause = f": {exc.__cause__}" if exc.__cause__ else ""
+        raise ConfigError(f"invalid configuration: {var}: expected JSON{cause}"
+                          + (f" (got {value!r})" if value is not None else "")) from None
     except ValidationError as exc:
         problems = []
         for err in exc.errors():

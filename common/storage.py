@@ -444,6 +444,20 @@ def check_writable(uri: str, *, setting: str) -> None:
         raise StorageError(f"{uri}: cannot write in {folder}: {exc.strerror}") from None
 
 
+def delete(uri: str) -> None:
+    """Remove an object or file; one that is already gone is no error."""
+    if is_s3(uri):
+        bucket, key = split_s3(uri)
+        _s3_call(uri, s3_client().delete_object, Bucket=bucket, Key=key)
+        return
+    try:
+        os.unlink(uri)  # a link itself, never what it points to
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise StorageError(f"{uri}: cannot delete: {exc.strerror or exc}") from None
+
+
 def download_file(uri: str, dest: Path) -> None:
     """Copy a possibly large object to a local file, streamed in 8 MiB chunks, whole or not at all.
 

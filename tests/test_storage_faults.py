@@ -164,7 +164,7 @@ def test_a_planted_symlink_under_the_output_folder_is_not_followed(tmp_path):
     out, elsewhere = tmp_path / "out", tmp_path / "elsewhere"
     out.mkdir()
     elsewhere.mkdir()
-    (out / "plots").symlink_to(elsewhere)
+    (out / "artifacts").symlink_to(elsewhere)  # where the plots are staged
     result = local_run(tmp_path, out)
     assert result.returncode != 0
     assert list(elsewhere.iterdir()) == []  # before: the plots landed outside the output folder

@@ -70,14 +70,27 @@ def _parse(blob: storage.Blob) -> dict:
         doc = json.loads(blob.data)
     except (ValueError, UnicodeDecodeError) as exc:
         raise InputDataError(f"{blob.uri}: baseline is not JSON: {exc}") from None
+    except RecursionError:
+        raise InputDataError(f"{blob.uri}: baseline JSON is nested too deeply") from None
     if not isinstance(doc, dict):
         raise InputDataError(f"{blob.uri}: baseline is not a JSON object")
     return doc
 
 
 def pointer_target(pointer_uri: str, pointer: dict) -> str:
-    """The report a `latest.json` pointer names (stored relative to the pointer's folder)."""
-    return storage.join(pointer_uri.rsplit("/", 1)[0], pointer["report"])
+    """The report a `latest.json` pointer names (stored relative to the pointer's folder).
+
+    It must be a relative path inside that folder: a pointer naming `../other/thresholds.json`
+    (or an absolute path) would read outside the output prefix, and is refused.
+    """
+    report = pointer.get("report")
+    if not isinstance(report, str) or not report.strip("/"):
+        raise InputDataError(f"{pointer_uri}: latest pointer has no `report` (the report's path relative to it)")
+    parts = report.split("/")
+    if report.startswith("/") or "://" in report or any(p in ("..", ".", "") for p in parts) or "\\" in report:
+        raise InputDataError(f"{pointer_uri}: latest pointer names {report!r}, outside its folder; "
+                             "expected a path like runs/<run id>/thresholds.json")
+    return storage.join(pointer_uri.rsplit("/", 1)[0], report)
 
 
 def read_baseline(uri: str) -> tuple[str, storage.Blob, dict]:
@@ -99,6 +112,15 @@ def read_baseline(uri: str) -> tuple[str, storage.Blob, dict]:
     classes = doc.get("classes")
     if not isinstance(classes, list) or not all(isinstance(c, dict) and "name" in c for c in classes):
         raise InputDataError(f"{uri}: baseline has no `classes` list with names; is it a thresholds.json?")
+    for i, c in enumerate(classes):
+        if not isinstance(c["name"], str):
+            raise InputDataError(f"{uri}: baseline classes[{i}].name must be a string, got {c['name']!r}")
+        for key in ("threshold", "f1"):
+            value = c.get(key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                raise InputDataError(f"{uri}: baseline classes[{i}].{key} must be a number or null, got {value!r}")
+    if not isinstance(doc.get("config") or {}, dict) or not isinstance(doc.get("run") or {}, dict):
+        raise InputDataError(f"{uri}: baseline `config` and `run` must be objects")
     return uri, blob, doc
 
 

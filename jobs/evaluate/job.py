@@ -22,7 +22,7 @@ from jobs.evaluate.calibration import calibrate, calibration_document
 from jobs.evaluate.classes import add_ap_by_iou, evaluate_at_thresholds, evaluate_classes
 from jobs.evaluate.drift import drift_block, read_baseline
 from jobs.evaluate.history import append_history, history_with_run, read_history_frame
-from jobs.evaluate.load import detect_format, read_input
+from jobs.evaluate.load import decompressed, detect_format, read_input
 from jobs.evaluate.match import Matches, match_at_thresholds
 from jobs.evaluate.nms import nms_keep
 from jobs.evaluate.page import render_index
@@ -44,6 +44,7 @@ def load_inputs(settings: EvalSettings, log):
     ):
         t0 = time.perf_counter()
         blob = storage.read(uri, mapped=True).hash_in_background()  # the digest overlaps the parsing
+        blob = decompressed(blob, max_bytes=settings.max_decompressed_bytes)
         fmt = detect_format(blob, fmt)
         tables[side] = (read_input(blob, fmt, settings.column, predictions=side == "predictions"), fmt)
         log.info("loaded", input=side, uri=uri, format=fmt, rows=tables[side][0].rows,
@@ -70,19 +71,24 @@ def run(settings: EvalSettings, run_id: str, log: structlog.BoundLogger) -> int:
         return drift_exit_code(doc, settings.fail_on_drift, log)
 
     report, evidence = evaluate(settings, run_id, log)
-    if settings.report_page or settings.plots:
-        write_page_and_plots(settings, dest, report, evidence, log)
-
-    if report.calibration is not None and report.calibration.status == "ok":  # written right after the report
-        report.artifacts = (report.artifacts or Artifacts(index=None, plots=[])).model_copy(
-            update={"calibration": CALIBRATION_NAME})
-
-    body = report.model_dump_json(indent=2).encode()
+    page, staged = None, []
     try:
-        storage.write(dest.report_uri, body, content_type="application/json", if_absent=dest.conditional)
-    except AlreadyExists:
-        log.warning("another run wrote this slot's report first; keeping theirs", uri=dest.report_uri)
-        body = storage.read(dest.report_uri).data
+        if settings.report_page or settings.plots:
+            page = stage_page_and_plots(settings, dest, report, evidence, staged, log)
+        if report.calibration is not None and report.calibration.status == "ok":  # written right after the report
+            report.artifacts = (report.artifacts or Artifacts(index=None, plots=[])).model_copy(
+                update={"calibration": CALIBRATION_NAME})
+        body = report.model_dump_json(indent=2).encode()
+        try:
+            storage.write(dest.report_uri, body, content_type="application/json", if_absent=dest.conditional)
+        except AlreadyExists:
+            log.warning("another run wrote this slot's report first; keeping theirs", uri=dest.report_uri)
+            body, page = storage.read(dest.report_uri).data, None  # their page, not ours
+    except BaseException:
+        _remove_staged(staged, log)  # named by no report: a reader never sees them either way
+        raise
+    if page is not None:  # exposed only now that the report it shows is committed
+        storage.write(storage.join(dest.prefix, INDEX_NAME), page, content_type="text/html; charset=utf-8")
     doc = json.loads(body)
     s = report.summary
     log.info("report written", uri=dest.report_uri, mean_average_precision=s.mean_average_precision,
@@ -96,27 +102,31 @@ def run(settings: EvalSettings, run_id: str, log: structlog.BoundLogger) -> int:
     return drift_exit_code(doc, settings.fail_on_drift, log)
 
 
-def write_page_and_plots(settings: EvalSettings, dest, report: Report, evidence: "Evidence", log) -> None:
-    """index.html (EVAL_REPORT_PAGE) and plots/*.png (EVAL_PLOTS), each file whole; sets report.artifacts."""
+def stage_page_and_plots(settings: EvalSettings, dest, report: Report, evidence: "Evidence", staged: list[str],
+                         log) -> bytes | None:
+    """Write plots/*.png (EVAL_PLOTS) now, under this run's own folder (their URIs appended to `staged`
+    when that folder is the run's alone), and return index.html (EVAL_REPORT_PAGE) for the caller to
+    expose once the report is committed. Sets report.artifacts."""
     t0, cpu0 = time.perf_counter(), time.process_time()
     curves = class_curves(evidence.aligned, evidence.matches, evidence.evaluation_mask, evidence.calibrated)
     files, per_class, pooled = render_plots(report, curves) if settings.plots else ({}, {}, None)
-    page_uri = None
+    files, per_class, pooled = _staged(dest.staging, files, per_class, pooled)
+    report.artifacts = Artifacts(index=INDEX_NAME if settings.report_page else None, plots=sorted(files))
+    for name, data in files.items():
+        storage.write(storage.join(dest.prefix, name), data, content_type="image/png")
+        if dest.staging:  # a folder of this run's alone: safe to remove again
+            staged.append(storage.join(dest.prefix, name))
+    page = None
     if settings.report_page:
         history = None  # the panel needs the runs layout: earlier runs' rows, then this run's
         if dest.pointer_uri is not None:
             history = history_with_run(dest.root, json.loads(report.model_dump_json()))
-        files[INDEX_NAME] = render_index(report, curves, history=history, plots=per_class, pooled=pooled,
-                                         report_name=REPORT_NAME).encode()
-        page_uri = storage.join(dest.prefix, INDEX_NAME)
-    report.artifacts = Artifacts(index=INDEX_NAME if settings.report_page else None,
-                                 plots=sorted(n for n in files if n != INDEX_NAME))
-    for name, data in files.items():
-        storage.write(storage.join(dest.prefix, name), data,
-                      content_type="text/html; charset=utf-8" if name == INDEX_NAME else "image/png")
-    log.info("page written" if page_uri else "plots written", page=page_uri, plots=len(report.artifacts.plots),
-             bytes=sum(map(len, files.values())), seconds=round(time.perf_counter() - t0, 3),
+        page = render_index(report, curves, history=history, plots=per_class, pooled=pooled,
+                            report_name=REPORT_NAME).encode()
+    log.info("page rendered, plots written", plots=len(files), page_bytes=len(page or b""),
+             plot_bytes=sum(map(len, files.values())), seconds=round(time.perf_counter() - t0, 3),
              cpu_seconds=round(time.process_time() - cpu0, 3))
+    return page
 
 
 def write_calibration_maps(dest, doc: dict, log) -> None:
@@ -139,6 +149,25 @@ def append_to_history(dest, doc: dict, log) -> None:
     """Scheduled runs ('runs' layout) add their classes to EVAL_OUTPUT_URI/history.parquet, drifted or not."""
     if dest.pointer_uri is not None:
         append_history(dest.root, doc, dest.report_uri[len(dest.root.rstrip("/")) + 1:], log)
+
+
+def _staged(folder: str, files: dict, per_class: dict, pooled: str | None):
+    """The plots' names moved under this run's own `folder` (relative to the report's)."""
+    if not folder:
+        return files, per_class, pooled
+    moved = lambda name: f"{folder}/{name}"  # noqa: E731
+    return ({moved(n): data for n, data in files.items()},
+            {c: {kind: moved(n) for kind, n in names.items()} for c, names in per_class.items()},
+            None if pooled is None else moved(pooled))
+
+
+def _remove_staged(uris: list[str], log) -> None:
+    for uri in uris:
+        try:
+            storage.delete(uri)
+        except Exception as exc:  # the run's own error matters more; a leftover is named by nothing
+            log.warning("staged file not removed", uri=uri, error=str(exc))
+            return
 
 
 def drift_exit_code(doc: dict, fail_on_drift: bool, log) -> int:

@@ -119,6 +119,28 @@ def detect_format(blob: Blob, requested: str) -> str:
     raise InputDataError(f"{blob.uri}: cannot tell the format from the name or content; set EVAL_FORMAT")
 
 
+GZIP_MAGIC = b"\x1f\x8b"
+
+
+def decompressed(blob: Blob, *, max_bytes: int) -> Blob:
+    """A gzip-compressed input (recognised by its content, whatever its name), decompressed up to
+    `max_bytes` (EVAL_MAX_DECOMPRESSED_BYTES); other inputs as they are. The version stays that of
+    the stored (compressed) object."""
+    if blob.data[:2] != GZIP_MAGIC:
+        return blob
+    import gzip
+    import zlib
+
+    try:
+        with gzip.GzipFile(fileobj=io.BytesIO(blob.data)) as gz:
+            data = gz.read(max_bytes + 1)
+    except (OSError, EOFError, zlib.error) as exc:  # BadGzipFile is an OSError
+        raise InputDataError(f"{blob.uri}: not a readable gzip file: {exc}") from None
+    if len(data) > max_bytes:
+        raise InputDataError(f"{blob.uri}: decompresses to more than EVAL_MAX_DECOMPRESSED_BYTES={max_bytes:,} bytes")
+    return Blob(blob.uri, data, blob.version)
+
+
 def _check_not_empty(blob: Blob) -> None:
     if re.search(rb"\S", blob.data) is None:  # stops at the first non-space; strip() would copy the file
         raise InputDataError(f"{blob.uri}: the file is empty")
@@ -133,6 +155,12 @@ def _decode_json(blob: Blob, schema):
     except msgspec.DecodeError as exc:
         hint = " (one JSON object per line? set EVAL_FORMAT=jsonl)" if "trailing" in str(exc).lower() else ""
         raise InputDataError(f"{blob.uri}: not valid JSON: {exc}{hint}") from None
+    except RecursionError:
+        raise InputDataError(f"{blob.uri}: {TOO_DEEP}") from None
+
+
+# msgspec (and json) recurse per nesting level: 100,000 `[` overflow the stack (RecursionError).
+TOO_DEEP = "JSON nested too deeply (COCO and table values nest a few levels, not thousands)"
 
 
 def _describe_validation(exc: msgspec.ValidationError, first_row: int = 0) -> str:
@@ -249,12 +277,14 @@ def _polygons(segmentations: list[msgspec.Raw], uri: str, where: str) -> Polygon
 def _polygon_chunk(raws: list[msgspec.Raw], first_row: int, uri: str, where: str) -> Polygons:
     try:
         segmentations = _SEGMENTATIONS.decode(b"[" + b",".join(raws) + b"]")
-    except msgspec.ValidationError:
+    except (msgspec.ValidationError, RecursionError):
         for i, raw in enumerate(raws):  # name the row
             try:
                 _SEGMENTATION.decode(raw)
             except msgspec.ValidationError as exc:
                 raise InputDataError(f"{uri}: {where}[{first_row + i}].segmentation: {_describe_validation(exc)}") from None
+            except RecursionError:
+                raise InputDataError(f"{uri}: {where}[{first_row + i}].segmentation: {TOO_DEEP}") from None
         raise
     # All parts of all rows as one flat array, checked at once.
     rows = [seg if isinstance(seg, list) else [] for seg in segmentations]
@@ -327,7 +357,8 @@ def read_coco_results(blob: Blob) -> Table:
     boxless = [chunk for chunk in chunks if chunk.boxes is None]
     if boxless and len(boxless) < len(chunks):
         raise InputDataError(f"{blob.uri}: [{boxless[0].first}] has no bbox while other results do")
-    boxes = np.concatenate([chunk.boxes for chunk in chunks]) if chunks and not boxless else None
+    # No rows at all ([]) is an empty prediction set, as a header-only CSV is: zero boxes, not "no geometry".
+    boxes = np.concatenate([chunk.boxes for chunk in chunks]) if chunks and not boxless else None if chunks else np.zeros((0, 4))
     return Table(
         uri=blob.uri, format="coco", version=blob.version,
         image_codes=image_codes, image_refs=image_refs,
@@ -342,6 +373,8 @@ def _results(raws: list[msgspec.Raw], first: int, uri: str) -> _Results:
         results = _RESULTS.decode(b"[" + b",".join(raws) + b"]")
     except msgspec.ValidationError as exc:
         raise InputDataError(f"{uri}: {_describe_validation(exc, first)}") from None
+    except RecursionError:
+        raise InputDataError(f"{uri}: rows {first}..{first + len(raws) - 1}: {TOO_DEEP}") from None
     score = np.fromiter(map(attrgetter("score"), results), dtype=np.float64, count=len(results))
     _check_scores(score, uri, lambda i: f"[{first + i}].score")
     return _Results(first, _ids(results, "image_id"), _ids(results, "category_id"), score,
@@ -358,10 +391,38 @@ def _check_scores(score: np.ndarray, uri: str, locate) -> None:
 # -- tables ----------------------------------------------------------------------------------------
 
 
+MAX_JSONL_DEPTH = 64  # a table row nests 3 levels (row, polygon parts, polygon)
+_DEPTH_CHUNK = 1 << 22
+_BRACKET_STEP = np.zeros(256, np.int8)  # byte -> +1 for [ and {, -1 for ] and }
+_BRACKET_STEP[[ord("["), ord("{")]], _BRACKET_STEP[[ord("]"), ord("}")]] = 1, -1
+
+
+def _check_jsonl_depth(blob: Blob) -> None:
+    """Refuse JSONL lines nested deeper than MAX_JSONL_DEPTH before pyarrow parses them: its
+    reader recurses per level and a 100,000-deep line overflows its stack (the process dies by
+    SIGSEGV). Brackets are counted per line, in chunks (strings hold no raw newline); brackets
+    inside strings can only make the count larger."""
+    data, depth, lines = blob.data, 0, 0
+    for start in range(0, len(data), _DEPTH_CHUNK):
+        a = np.frombuffer(data[start:start + _DEPTH_CHUNK], np.uint8)
+        level = np.cumsum(_BRACKET_STEP[a], dtype=np.int32) + depth  # |level| <= chunk + limit
+        newlines = np.flatnonzero(a == 10)
+        starts = np.r_[0, newlines + 1]
+        base = np.r_[0, level[newlines]]  # the depth restarts at 0 after each newline
+        keep = starts < a.size
+        deepest = np.maximum.reduceat(level, starts[keep]) - base[keep]
+        if deepest.size and deepest.max() > MAX_JSONL_DEPTH:
+            line = lines + int(np.flatnonzero(deepest > MAX_JSONL_DEPTH)[0]) + 1
+            raise InputDataError(f"{blob.uri}: row {line}: {TOO_DEEP}")
+        depth, lines = max(int(level[-1] - base[-1]), 0), lines + newlines.size  # stray closers never lower it
+
+
 def _read_arrow(blob: Blob, fmt: str):
     import pyarrow as pa
 
     _check_not_empty(blob)
+    if fmt == "jsonl":
+        _check_jsonl_depth(blob)
     source = io.BytesIO(blob.data)
     try:
         if fmt == "csv":
@@ -376,9 +437,15 @@ def _read_arrow(blob: Blob, fmt: str):
             import pyarrow.json as pajson
 
             return pajson.read_json(source)
-    except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as exc:
-        raise InputDataError(f"{blob.uri}: cannot read as {fmt}: {exc}") from None
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, OSError) as exc:
+        raise InputDataError(f"{blob.uri}: cannot read as {fmt}: {_rows_from_one(str(exc)) if fmt == 'jsonl' else exc}") from None
     raise ConfigError(f"EVAL_FORMAT: {fmt!r} is not a table format")
+
+
+def _rows_from_one(message: str) -> str:
+    """pyarrow's JSON reader counts rows from 0 ("in row 1" is the second line); CSV and Parquet
+    errors here count from 1, and so do JSONL ones."""
+    return re.sub(r"\bin row (\d+)", lambda m: f"in row {int(m.group(1)) + 1}", message)
 
 
 def _column(table, name: str, uri: str, *, our: str):
@@ -391,11 +458,18 @@ def _column(table, name: str, uri: str, *, our: str):
     return table.column(name).combine_chunks()
 
 
+def _check_flat(col, name: str, uri: str) -> None:
+    """Refuse list, struct, map (and other nested) columns where one value per row is expected."""
+    if col.type.num_fields:  # nested types have child fields; numbers, strings and dictionaries none
+        raise InputDataError(f"{uri}: column {name!r}: expected one value per row, got {col.type}")
+
+
 def _numeric(table, name: str, uri: str, *, our: str, nullable: bool = False) -> np.ndarray:
     import pyarrow as pa
     import pyarrow.compute as pc
 
     col = _column(table, name, uri, our=our)
+    _check_flat(col, name, uri)
     if not nullable and col.null_count:
         row = int(np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False))[0])
         raise InputDataError(f"{uri}: row {row + 1}, column {name!r}: missing value")
@@ -417,6 +491,7 @@ def _dictionary(table, name: str, uri: str, *, our: str, nullable: bool = False)
     import pyarrow as pa
 
     col = _column(table, name, uri, our=our)
+    _check_flat(col, name, uri)
     if col.null_count and not nullable:
         row = int(np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False))[0])
         raise InputDataError(f"{uri}: row {row + 1}, column {name!r}: missing value")
@@ -442,6 +517,10 @@ def _table_polygons(table, name: str, uri: str) -> Polygons | None:
                 value = msgspec.json.decode(value)
             except msgspec.DecodeError:
                 raise InputDataError(f"{uri}: row {row + 1}, column {name!r}: not a JSON list of x, y") from None
+            except RecursionError:
+                raise InputDataError(f"{uri}: row {row + 1}, column {name!r}: {TOO_DEEP}") from None
+        if not isinstance(value, list):
+            raise InputDataError(f"{uri}: row {row + 1}, column {name!r}: not a list of x, y")
         parts = value if value and isinstance(value[0], list) else [value]
         try:
             arrays = [np.asarray(p, dtype=np.float64) for p in parts]

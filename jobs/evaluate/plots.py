@@ -86,6 +86,11 @@ def _figure():
     return fig, fig.add_subplot()
 
 
+def _title(ax, text: str) -> None:
+    # A class name is data: "$\\frac{a$" must show as typed, not be parsed as mathtext (and fail).
+    ax.set_title(text, parse_math=False)
+
+
 def _png(fig) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", metadata={"Software": None})  # no version stamp: same input, same bytes
@@ -108,7 +113,8 @@ def _pr_plot(curves: ClassCurves, result, title: str) -> bytes:
         if i is not None:
             ax.plot(sweep.recall[i], sweep.precision[i], "o", ms=7, color="crimson",
                     label=f"threshold {result.threshold:.3g}" if style == "-" else None)
-    ax.set(xlim=(0, 1.02), ylim=(0, 1.02), xlabel="recall", ylabel="precision", title=f"{title}: precision-recall")
+    ax.set(xlim=(0, 1.02), ylim=(0, 1.02), xlabel="recall", ylabel="precision")
+    _title(ax, f"{title}: precision-recall")
     ax.grid(alpha=0.3)
     ax.legend(loc="lower left", fontsize=7)
     return _png(fig)
@@ -123,7 +129,8 @@ def _f1_plot(curves: ClassCurves, result, title: str) -> bytes:
                 label=label if curves.evaluation is not None else "all images")
     if result.threshold is not None:
         ax.axvline(result.threshold, color="crimson", lw=1, label=f"threshold {result.threshold:.3g}")
-    ax.set(ylim=(0, 1.02), xlabel="threshold (keep score >= t)", ylabel="F1", title=f"{title}: F1 vs threshold")
+    ax.set(ylim=(0, 1.02), xlabel="threshold (keep score >= t)", ylabel="F1")
+    _title(ax, f"{title}: F1 vs threshold")
     ax.grid(alpha=0.3)
     ax.legend(loc="best", fontsize=7)
     return _png(fig)
@@ -144,8 +151,8 @@ def _reliability_plot(scores: np.ndarray, labels: np.ndarray, calibrated: np.nda
     ax2.bar(centres, count, width=1 / N_BINS, alpha=0.15, color="grey")
     ax2.set_ylabel("detections per bin (raw)", fontsize=7)
     ax2.tick_params(labelsize=7)
-    ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel=f"score ({N_BINS} equal-width bins)", ylabel="share true positive",
-           title=f"{title}: reliability")
+    ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel=f"score ({N_BINS} equal-width bins)", ylabel="share true positive")
+    _title(ax, f"{title}: reliability")
     ax.set_zorder(ax2.get_zorder() + 1)
     ax.patch.set_visible(False)
     ax.legend(loc="upper left", fontsize=7)

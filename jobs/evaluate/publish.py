@@ -2,20 +2,28 @@
 
 Layout 'flat' writes into EVAL_OUTPUT_URI and replaces what is there (a manual run).
 Layout 'runs' (a CronJob) writes into EVAL_OUTPUT_URI/runs/<run id>/ and then points
-EVAL_OUTPUT_URI/latest.json at the report:
+EVAL_OUTPUT_URI/latest.json at the report. Either way a run's files are staged where they
+replace nothing, and the report is its commit: a run that fails before the report is written
+leaves what a reader finds (thresholds.json, index.html, the plots they name) the previous run's.
 
-  1. plots and index.html, each a whole file (one PUT / a rename);
-  2. thresholds.json with a conditional write (if absent): the commit point of the run. A run id
+  1. plots, each a whole file (one PUT / a rename), under this run's own folder: flat,
+     EVAL_OUTPUT_URI/artifacts/<run id>-<random>/plots/; runs, the run's prefix. Flat: when a
+     later step fails they are deleted again (best effort: they are named by nothing). Earlier
+     runs' artifacts folders stay (the previous report names its own; remove old ones with a
+     lifecycle rule);
+  2. thresholds.json: the commit point of the run. Flat: one PUT replacing the previous report.
+     Runs: a conditional write (if absent). A run id
      is one schedule slot, so a second run for the same slot (a retry, or a duplicate) can never
      replace the first one's report; it finds the report there and stops (see job.run);
-  3. latest.json, a single PUT of {run_id, report (relative), ...}, only after the report exists,
+  3. index.html beside the report (it links the report and this run's plots), only after it;
+  4. latest.json, a single PUT of {run_id, report (relative), ...}, only after the report exists,
      and only when the pointed report finished no later than this one (a late retry of an older
      slot never moves the pointer back). The pointer therefore always names a complete report.
      The PUT is conditional on the pointer version that was compared (S3 If-Match / If-None-Match;
      on disk a compare-and-rename under a lock): when another run moved it in between, the
      comparison is made again with what it wrote, so two slots finishing at once leave it at the
      later one;
-  4. history.parquet / history.csv: the run's classes appended (jobs/evaluate/history.py), with
+  5. history.parquet / history.csv: the run's classes appended (jobs/evaluate/history.py), with
      the same conditional writes, so concurrent appends never lose rows.
 
 A retry that starts after the slot's report exists writes nothing (job.run checks first) but the
@@ -30,6 +38,7 @@ from __future__ import annotations
 
 import json
 import re
+import secrets
 from dataclasses import dataclass
 
 from common import storage
@@ -40,6 +49,7 @@ REPORT_NAME = "thresholds.json"
 POINTER_NAME = "latest.json"
 RUNS_FOLDER = "runs"
 POINTER_ATTEMPTS = 20  # conditional writes refused in a row (each one: another run moved the pointer)
+ARTIFACTS_FOLDER = "artifacts"  # flat layout: artifacts/<run id>/plots/...
 SAFE_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:+=@-]{0,199}$")
 
 
@@ -50,13 +60,15 @@ class Destination:
     report_uri: str
     pointer_uri: str | None  # runs layout only
     conditional: bool  # the report is written only if absent
+    staging: str = ""  # this run's own folder for plots, relative to `prefix` ("" when `prefix` is already)
 
 
 def destination(output_uri: str, layout: str, run_id: str) -> Destination:
-    if layout == "flat":
-        return Destination(output_uri, output_uri, storage.join(output_uri, REPORT_NAME), None, False)
     if not SAFE_RUN_ID.match(run_id) or ".." in run_id:
         raise ConfigError(f"RUN_ID {run_id!r} cannot name a folder; use letters, digits and . _ - : + = @")
+    if layout == "flat":
+        return Destination(output_uri, output_uri, storage.join(output_uri, REPORT_NAME), None, False,
+                           staging=f"{ARTIFACTS_FOLDER}/{run_id}-{secrets.token_hex(4)}")  # unique if RUN_ID repeats
     prefix = storage.join(output_uri, RUNS_FOLDER, run_id)
     return Destination(output_uri, prefix, storage.join(prefix, REPORT_NAME), storage.join(output_uri, POINTER_NAME), True)
 

@@ -110,6 +110,10 @@ class EvalSettings(BaseSettings):
         False, description="Also write PNG plots per class (plots/*.png: PR curve, F1 vs threshold, reliability), "
         "for embedding elsewhere; the page links them when both are on. Slower (matplotlib).",
     )
+    max_decompressed_bytes: int = Field(
+        8 * 2**30, ge=1,
+        description="Most bytes a gzip-compressed input (.gz, or gzip content) may decompress to; more is an input "
+        "error (65): a small file can hold a huge payload.")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
 
     @field_validator("predictions_uri", "annotations_uri")

@@ -57,7 +57,7 @@ from jobs.train.checkpoint import (checkpoint_uri, latest_checkpoint, load_check
                                    rng_states, save_checkpoint)
 from jobs.train.data import CifarData, load_cifar
 from jobs.train.distributed import (DistEnv, StopFlag, barrier, broadcast_object, init_distributed,
-                                    local_rank_zero_first, rank_from_env, shutdown)
+                                    local_rank_zero_first, rank_for_logs, shutdown)
 from jobs.train.loop import (BN_RECALIBRATE_BELOW, DivergenceGuard, StepRecipe, epoch_order, make_optimizer,
                              make_scheduler, predict_all, recalibrate_batchnorm, reduce_totals, steps_per_epoch,
                              train_one_epoch, warmup_steps)
@@ -71,7 +71,7 @@ TRAIN_ACCURACY_IMAGES = 10_000  # the train accuracy (generalisation gap) is mea
 
 def main(argv: list[str] | None = None) -> int:
     make_parser(prog="python -m jobs.train", settings_cls=TrainSettings, summary=__doc__).parse_args(argv)
-    return run_job(job="train", settings_cls=TrainSettings, work=train, context={"rank": rank_from_env()})
+    return run_job(job="train", settings_cls=TrainSettings, work=train, context={"rank": rank_for_logs()})
 
 
 def train(settings: TrainSettings, run_id: str, log) -> int:
@@ -86,6 +86,7 @@ def train(settings: TrainSettings, run_id: str, log) -> int:
         started = utc_now()
         with local_rank_zero_first(env):  # a shared download cache is filled once per node
             data = load_cifar(data_uri=settings.data_uri, cache_dir=Path(settings.cache_dir),
+                              max_extracted_bytes=settings.max_extracted_bytes,
                               download_url=settings.download_url, expected_sha256=settings.data_sha256, log=log)
         images, labels = data.train_images.to(env.device), data.train_labels.to(env.device)
         steps = steps_per_epoch(n=len(labels), batch_size=settings.batch_size, world_size=env.world_size)

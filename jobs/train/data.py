@@ -9,10 +9,11 @@ Safety, because an archive is untrusted input:
 - the archive's sha256 must equal `TRAIN_DATA_SHA256` when that is set; without it the published
   CIFAR-10 md5 identifies the original archive, anything else is logged as unverified;
 - members are extracted with tarfile's "data" filter (no absolute paths, no `..`, no links out,
-  no device files): a refused member is an `InputDataError` naming it;
+  no device files), one at a time while their sizes stay within TRAIN_MAX_EXTRACTED_BYTES in all:
+  a refused member is an `InputDataError` naming it;
 - batch files are unpickled by `CifarUnpickler`, which admits only what the layout uses (dict, list,
-  str, bytes, int and numpy array reconstruction). A pickle asking for anything else (os.system,
-  builtins.eval, ...) is an `InputDataError` and nothing in it runs.
+  str, bytes, int and numpy array reconstruction, in pickle protocols 0-5). A pickle asking for
+  anything else (os.system, builtins.eval, ...) is an `InputDataError` and nothing in it runs.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ import numpy as np
 import torch
 
 from common import storage
-from common.errors import InputDataError, StorageError
+from common.errors import ConfigError, InputDataError, StorageError
 
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"  # torchvision's and the publisher's checksum
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
@@ -128,14 +129,24 @@ def folder_digest(folder: Path) -> str:
 _FILTER_ERRORS = (tarfile.FilterError,) if hasattr(tarfile, "FilterError") else ()
 
 
-def extract_archive(path: Path, *, uri: str, dest: Path) -> Path:
-    """Extract with the "data" filter; return the folder holding the batch files."""
+DEFAULT_MAX_EXTRACTED_BYTES = 4 * 2**30  # TRAIN_MAX_EXTRACTED_BYTES
+
+
+def extract_archive(path: Path, *, uri: str, dest: Path, max_bytes: int = DEFAULT_MAX_EXTRACTED_BYTES) -> Path:
+    """Extract with the "data" filter, member by member, while the members' sizes stay within
+    `max_bytes` in total (a 1.4 MB archive can hold a 1 GiB member); return the batch folder."""
     try:
         with tarfile.open(path, "r:*") as tar:
-            if hasattr(tarfile, "data_filter"):
-                tar.extractall(dest, filter="data")
-            else:
-                extract_regular_files(tar, uri=uri, dest=dest)
+            total = 0
+            for member in tar:  # headers come one at a time: nothing past the cap is extracted
+                total += member.size
+                if total > max_bytes:
+                    raise InputDataError(f"{uri}: archive member {member.name!r} takes the extracted size past "
+                                         f"TRAIN_MAX_EXTRACTED_BYTES={max_bytes:,} bytes")
+                if hasattr(tarfile, "data_filter"):
+                    tar.extract(member, dest, filter="data")
+                else:
+                    extract_regular_file(tar, member, uri=uri, dest=dest)
     except _FILTER_ERRORS as exc:
         raise InputDataError(f"{uri}: refused archive member {exc.tarinfo.name!r}: {exc}") from None
     except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
@@ -144,24 +155,28 @@ def extract_archive(path: Path, *, uri: str, dest: Path) -> Path:
 
 
 def extract_regular_files(tar: tarfile.TarFile, *, uri: str, dest: Path) -> None:
+    for member in tar:
+        extract_regular_file(tar, member, uri=uri, dest=dest)
+
+
+def extract_regular_file(tar: tarfile.TarFile, member: tarfile.TarInfo, *, uri: str, dest: Path) -> None:
     """Where tarfile has no filters: admit only folders and regular files that land inside `dest`.
 
     Stricter than the "data" filter (no links at all), which the CIFAR layout never needs.
     """
     root = dest.resolve()
-    for member in tar.getmembers():
-        target = (root / member.name).resolve()
-        inside = target == root or root in target.parents
-        if not (member.isfile() or member.isdir()) or not inside:
-            raise InputDataError(f"{uri}: refused archive member {member.name!r}: only regular files inside the "
-                                 "archive's own folder are allowed")
-        if member.isdir():
-            target.mkdir(parents=True, exist_ok=True)
-            continue
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with tar.extractfile(member) as src, open(target, "wb") as dst:
-            while chunk := src.read(1 << 20):
-                dst.write(chunk)
+    target = (root / member.name).resolve()
+    inside = target == root or root in target.parents
+    if not (member.isfile() or member.isdir()) or not inside:
+        raise InputDataError(f"{uri}: refused archive member {member.name!r}: only regular files inside the "
+                             "archive's own folder are allowed")
+    if member.isdir():
+        target.mkdir(parents=True, exist_ok=True)
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tar.extractfile(member) as src, open(target, "wb") as dst:
+        while chunk := src.read(1 << 20):
+            dst.write(chunk)
 
 
 def find_batches_folder(root: Path, *, uri: str) -> Path:
@@ -184,14 +199,36 @@ def _numpy_reconstruct():
     return _reconstruct
 
 
+def _numpy_frombuffer():
+    try:
+        from numpy._core.numeric import _frombuffer
+    except ImportError:  # numpy < 2
+        from numpy.core.numeric import _frombuffer
+    return _frombuffer
+
+
+def _latin1_encode(text, encoding="utf-8", errors="strict"):
+    """`_codecs.encode` as protocol 2 uses it: Python 3 writes bytes as `encode(str, 'latin1')` so
+    Python 2 can read them. Only that codec is admitted (others, like zlib, are not needed)."""
+    if encoding not in ("latin1", "latin-1") or errors != "strict" or not isinstance(text, str):
+        raise pickle.UnpicklingError(f"refused _codecs.encode with {encoding!r}: only 'latin1' rebuilds bytes")
+    return text.encode("latin1")
+
+
 class CifarUnpickler(pickle.Unpickler):
-    """Admits only the globals a CIFAR batch pickle needs to rebuild a numpy array."""
+    """Admits exactly the globals a CIFAR batch pickle of protocol 0-5 needs, like
+    torch.load(weights_only=True)'s allowlist: numpy array reconstruction (protocols 0-4, under
+    numpy 1's and 2's module names), numpy's buffer reconstruction (protocol 5) and the latin-1
+    bytes of protocol 2. Each rebuilds data; none calls anything else."""
 
     ALLOWED = {
         ("numpy.core.multiarray", "_reconstruct"): _numpy_reconstruct(),
         ("numpy._core.multiarray", "_reconstruct"): _numpy_reconstruct(),
+        ("numpy.core.numeric", "_frombuffer"): _numpy_frombuffer(),
+        ("numpy._core.numeric", "_frombuffer"): _numpy_frombuffer(),
         ("numpy", "ndarray"): np.ndarray,
         ("numpy", "dtype"): np.dtype,
+        ("_codecs", "encode"): _latin1_encode,
     }
 
     def find_class(self, module: str, name: str):
@@ -254,10 +291,15 @@ def decode_folder(folder: Path, *, uri: str, sha256: str) -> CifarData:
 # --- the whole path ----------------------------------------------------------------------------
 
 
-def load_cifar(*, data_uri: str, cache_dir: Path, download_url: str, expected_sha256: str | None, log) -> CifarData:
+def load_cifar(*, data_uri: str, cache_dir: Path, download_url: str, expected_sha256: str | None, log,
+               max_extracted_bytes: int = DEFAULT_MAX_EXTRACTED_BYTES) -> CifarData:
     """Fetch, verify, extract and decode; every failure is an error naming the input."""
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=cache_dir, prefix="work-") as tmp:
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        work = tempfile.TemporaryDirectory(dir=cache_dir, prefix="work-")
+    except OSError as exc:  # a file where a folder should be, no permission, read-only volume
+        raise ConfigError(f"TRAIN_CACHE_DIR: cannot use {str(cache_dir)!r} as a folder: {exc.strerror or exc}") from None
+    with work as tmp:
         workdir = Path(tmp)
         if data_uri == "download":
             path, uri = fetch_download(url=download_url, cache_dir=cache_dir), download_url
@@ -270,7 +312,7 @@ def load_cifar(*, data_uri: str, cache_dir: Path, download_url: str, expected_sh
             data = decode_folder(folder, uri=uri, sha256=folder_digest(folder))
         else:
             sha256 = verify_archive(path, uri=uri, expected_sha256=expected_sha256, log=log)
-            folder = extract_archive(path, uri=uri, dest=workdir / "extracted")
+            folder = extract_archive(path, uri=uri, dest=workdir / "extracted", max_bytes=max_extracted_bytes)
             data = decode_folder(folder, uri=uri, sha256=sha256)
     log.info("data loaded", uri=uri, train=len(data.train_labels), test=len(data.test_labels),
              classes=len(data.classes), sha256=data.sha256)

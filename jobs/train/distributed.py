@@ -34,8 +34,28 @@ class DistEnv:
         return self.world_size > 1
 
 
+def env_int(name: str, default: int, *, minimum: int) -> int:
+    """An integer torchrun (or the operator) set, e.g. WORLD_SIZE; ConfigError naming it when it is not one."""
+    text = os.environ.get(name, str(default))
+    try:
+        value = int(text)
+    except ValueError:
+        raise ConfigError(f"{name}: expected an integer, got {text!r}") from None
+    if value < minimum:
+        raise ConfigError(f"{name}: must be >= {minimum}, got {value}")
+    return value
+
+
 def rank_from_env() -> int:
-    return int(os.environ.get("RANK", "0"))
+    return env_int("RANK", 0, minimum=0)
+
+
+def rank_for_logs() -> int | str:
+    """RANK for the log context before settings are checked: as given when it is not a number."""
+    try:
+        return rank_from_env()
+    except ConfigError:
+        return os.environ.get("RANK", "")
 
 
 def pick_device(*, preference: str, local_rank: int) -> torch.device:
@@ -48,8 +68,10 @@ def pick_device(*, preference: str, local_rank: int) -> torch.device:
 
 
 def init_distributed(*, device_preference: str) -> DistEnv:
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    rank, local_rank = rank_from_env(), int(os.environ.get("LOCAL_RANK", "0"))
+    world_size = env_int("WORLD_SIZE", 1, minimum=1)
+    rank, local_rank = rank_from_env(), env_int("LOCAL_RANK", 0, minimum=0)
+    if rank >= world_size:
+        raise ConfigError(f"RANK: {rank} is not below WORLD_SIZE={world_size}")
     device = pick_device(preference=device_preference, local_rank=local_rank)
     if world_size > 1 and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"

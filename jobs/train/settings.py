@@ -120,6 +120,10 @@ class TrainSettings(BaseSettings):
         description="Where TRAIN_DATA_URI=download fetches the archive from (torchvision's downloader).",
     )
     cache_dir: str = Field(default_factory=default_cache_dir, description="Folder for downloaded and fetched archives and extracted batches.")
+    max_extracted_bytes: int = Field(
+        4 * 2**30, ge=1,
+        description="Most bytes an archive's members may hold together; extraction stops with 65 before the member "
+        "that would pass it (a small archive can hold a huge member). CIFAR-10 holds 178 MB.")
     bn_recalibration_batches: int = Field(
         16, ge=0, description="When an epoch has fewer than 50 optimizer steps, BatchNorm running statistics are "
         "recomputed over this many training batches (unaugmented, all ranks averaged) before every evaluation; 0: never.")

@@ -63,7 +63,7 @@ def test_local_page_with_every_feature(tmp_path, monkeypatch):
     # Each class with ground truth and detections has its three plots; the page names every class.
     for i, c in enumerate(report["classes"]):
         assert c["name"] in html
-        kinds = {p.rsplit("-", 1)[1] for p in written if p.startswith(f"plots/{i:03d}-")}
+        kinds = {p.rsplit("-", 1)[1] for p in written if re.match(rf"artifacts/page-test-[0-9a-f]{{8}}/plots/{i:03d}-", p)}
         if c["n_ground_truth"] and c["n_predictions"]:
             assert kinds == {"pr.png", "f1.png", "reliability.png"}
     for section in ("Holdout", "Calibration", "Bootstrap", "Drift", "Reliability, all classes", "PNG plots"):

@@ -109,6 +109,71 @@ def test_any_global_outside_the_layout_is_refused(tmp_path, payload):
         load(tar_with(tmp_path / "a.tar.gz", members), tmp_path)
 
 
+def members_at(protocol: int, n: int = 20, *, spelling=None) -> dict[str, bytes]:
+    """The layout's batches pickled with `protocol`; `spelling` renames numpy's private modules."""
+    rng = np.random.default_rng(protocol)
+    def dump(obj):  # noqa: E306
+        payload = pickle.dumps(obj, protocol=protocol)
+        return respell(payload, *spelling) if spelling else payload
+    members = {name: dump({"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), "batch_label": b"batch",
+                           "labels": [int(x) for x in rng.integers(0, 10, n)]})
+               for name in (*cifar.TRAIN_BATCHES, cifar.TEST_BATCH)}
+    members[cifar.META] = dump({"label_names": DIGITS})
+    return members
+
+
+def respell(payload: bytes, old: str, new: str) -> bytes:
+    """Replace a module name in a pickle as an older numpy would have written it, fixing the
+    length prefixes (the name's own and its frame's)."""
+    import pickletools
+
+    ops = list(pickletools.genops(payload))
+    out, last = bytearray(), 0
+    frames = [(pos, arg) for op, arg, pos in ops if op.name == "FRAME"]
+    for op, arg, pos in ops:
+        if op.name == "SHORT_BINUNICODE" and arg == old:
+            out += payload[last:pos] + b"\x8c" + bytes([len(new)]) + new.encode()
+            last = pos + 2 + len(old)
+            for fpos, length in frames:  # the frame holding it shrinks or grows
+                if fpos + 9 <= pos < fpos + 9 + length:
+                    out[fpos + 1:fpos + 9] = (length + len(new) - len(old)).to_bytes(8, "little")
+        elif op.name == "GLOBAL" and arg.startswith(old + " "):
+            out += payload[last:pos] + b"c" + new.encode() + b"\n"
+            last = pos + 1 + len(old) + 1
+    return bytes(out + payload[last:])
+
+
+@pytest.mark.parametrize("protocol, spelling", [
+    (0, None), (1, None), (2, None), (3, None), (4, None), (5, None),
+    (2, ("numpy._core.multiarray", "numpy.core.multiarray")),  # numpy 1's names, as older data sets hold
+    (4, ("numpy._core.multiarray", "numpy.core.multiarray")),
+    (5, ("numpy._core.numeric", "numpy.core.numeric")),
+])
+def test_every_pickle_protocol_of_the_layout_loads(tmp_path, protocol, spelling):
+    """Protocol 2 writes bytes via _codecs.encode and 5 arrays via numpy's _frombuffer: both were refused."""
+    members = members_at(protocol, spelling=spelling)
+    if spelling:
+        assert spelling[1].encode() in members[cifar.TEST_BATCH]
+    data = load(tar_with(tmp_path / "p.tar.gz", members), tmp_path)
+    expected = pickle.loads(members_at(protocol)[cifar.TEST_BATCH])  # same draws, current spelling
+    assert np.array_equal(data.test_images.numpy().reshape(-1, 3072), expected["data"])
+    assert data.test_labels.tolist() == expected["labels"] and data.classes == DIGITS
+
+
+@pytest.mark.parametrize("payload, refused", [
+    (b"c_codecs\nencode\n(Vx\nVzlib\ntR.", "refused _codecs.encode with 'zlib'"),  # another codec
+    (b"c_codecs\ndecode\n(Vx\nVlatin1\ntR.", "refused global _codecs.decode"),
+    (b"cnumpy._core.numeric\nloads\n(tR.", "refused global numpy._core.numeric.loads"),
+    (b"cnumpy.core.numeric\nfromfile\n(tR.", "refused global numpy.core.numeric.fromfile"),
+    (b"cnumpy\nload\n(S'/etc/passwd'\ntR.", "refused global numpy.load"),
+])
+def test_the_allowlist_is_exact(tmp_path, payload, refused):
+    members = members_at(2)
+    members[cifar.TEST_BATCH] = payload
+    with pytest.raises(InputDataError, match=refused.replace(".", r"\.")):
+        load(tar_with(tmp_path / "a.tar.gz", members), tmp_path)
+
+
 def test_path_traversal_member_is_refused(tmp_path):
     info = tarfile.TarInfo("../../escaped.txt")
     info.size = 4
@@ -236,3 +301,33 @@ def test_fallback_extraction_without_tarfile_filters_refuses_links_and_traversal
     with tarfile.open(good) as tar:
         cifar.extract_regular_files(tar, uri=str(good), dest=tmp_path / "ok")
     assert (tmp_path / "ok" / "cifar-10-batches-py" / "readme.txt").read_bytes() == b"hello"
+
+
+def test_extracted_size_is_capped(tmp_path):
+    """A small archive holding a huge member: refused before that member is written (TRAIN_MAX_EXTRACTED_BYTES)."""
+    big = tarfile.TarInfo(f"{cifar.FOLDER_NAME}/zeros.bin")
+    big.size = 64 * 2**20  # 64 MiB of zeros: ~64 KiB compressed
+    archive = tmp_path / "bomb.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        for name, payload in valid_members().items():
+            info = tarfile.TarInfo(f"{cifar.FOLDER_NAME}/{name}")
+            info.size = len(payload)
+            tar.addfile(info, io.BytesIO(payload))
+        tar.addfile(big, io.BytesIO(bytes(big.size)))
+    assert archive.stat().st_size < 2**20
+    cache = tmp_path / "cache"
+    with pytest.raises(InputDataError, match=r"'cifar-10-batches-py/zeros\.bin' takes the extracted size past "
+                                             r"TRAIN_MAX_EXTRACTED_BYTES=33,554,432"):
+        cifar.load_cifar(data_uri=str(archive), cache_dir=cache, download_url="", expected_sha256=None, log=LOG,
+                         max_extracted_bytes=32 * 2**20)
+    assert not list(cache.rglob("zeros.bin"))
+    # Under the cap (the default is 4 GiB) the same archive extracts.
+    assert load(tar_with(tmp_path / "ok.tar.gz", valid_members()), tmp_path).classes == DIGITS
+
+
+def test_extracted_size_cap_is_a_setting(train_env, digits_archive, tmp_path):
+    env = {**train_env, "TRAIN_DATA_URI": str(digits_archive), "TRAIN_OUTPUT_URI": str(tmp_path / "out"),
+           "TRAIN_MAX_EXTRACTED_BYTES": "1000"}
+    proc = run_train(env, timeout=120)
+    assert proc.returncode == 65, proc.stdout + proc.stderr
+    assert "TRAIN_MAX_EXTRACTED_BYTES=1,000" in log_lines(proc.stdout)[-1]["error"]

@@ -59,3 +59,29 @@ def test_help_lists_every_variable(capsys):
     for name in TrainSettings.model_fields:
         assert env_name(TrainSettings, name) in text
     assert "torchrun --standalone --nproc_per_node=N -m jobs.train" in text
+
+
+@pytest.mark.parametrize("variable, value, needle", [
+    ("WORLD_SIZE", "abc", "expected an integer"),
+    ("RANK", "abc", "expected an integer"),
+    ("LOCAL_RANK", "-1", "must be >= 0"),
+    ("RANK", "2", "not below WORLD_SIZE"),
+    ("TRAIN_CACHE_DIR", "@FILE@/cache", "cannot use"),
+])
+def test_bad_process_variables_are_78_naming_them(job_env, tmp_path, variable, value, needle):
+    """torchrun's variables and the cache folder are settings too: before, a raw traceback and exit 1."""
+    import subprocess
+    import sys
+
+    from tests.train.conftest import ROOT, log_lines
+
+    a_file = tmp_path / "a-file"
+    a_file.write_text("not a folder")
+    env = {**job_env, "TRAIN_DATA_URI": str(tmp_path / "data.tar.gz"), "TRAIN_OUTPUT_URI": str(tmp_path / "out"),
+           "TRAIN_DEVICE": "cpu", "TRAIN_CACHE_DIR": str(tmp_path / "cache"), variable: value.replace("@FILE@", str(a_file))}
+    proc = subprocess.run([sys.executable, "-m", "jobs.train"], env=env, cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 78, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr
+    error = log_lines(proc.stdout)[-1]["error"]
+    assert variable in error and needle in error, error
