@@ -78,6 +78,9 @@ class Matching(BaseModel):
     iou_threshold: float
     policy: str
     iou_thresholds: list[float] | None = Field(None, description="EVAL_IOU_THRESHOLDS: the extra IoUs AP is reported at")
+    coordinates: Literal["pixels", "normalised"] = Field(
+        "pixels", description="'normalised': fractions of the image size (YOLO without image sizes); IoU is unchanged")
+    coordinates_note: str | None = Field(None, description="why pixel areas are unknown, where they are")
 
 
 class Nms(BaseModel):
