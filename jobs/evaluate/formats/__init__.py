@@ -53,8 +53,9 @@ class Format:
     read: Callable[[Source, ReadOptions], Table]
     extensions: tuple[str, ...] = ()  # matched at the end of the lower-cased name, also with ".gz" after
     magic: tuple[bytes, ...] = ()  # leading bytes that identify a file whatever its name
-    sniff: Callable[[Source], bool] | None = None  # content check where name and magic say nothing
-    folders: bool = False  # reads a folder / S3 prefix (else one file)
+    # A content check: of a file, where magic and name say nothing; of a folder, the only check.
+    sniff: Callable[[Source], bool] | None = None
+    folders: bool = False  # reads a folder / S3 prefix (and an archive of one), not one file
 
 
 def open_source(uri: str) -> Source:
@@ -101,7 +102,7 @@ def detect_format(source: Source, requested: str) -> Format:
         if any(name.endswith(ext) or name.endswith(ext + ".gz") for ext in fmt.extensions):
             return fmt
     for fmt in REGISTRY.values():
-        if fmt.sniff is not None and fmt.sniff(source):
+        if not fmt.folders and fmt.sniff is not None and fmt.sniff(source):
             return fmt
     raise InputDataError(f"{source.uri}: cannot tell the format from the name or content; set EVAL_FORMAT")
 
