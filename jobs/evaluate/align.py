@@ -222,6 +222,14 @@ def _objects(table: Table, image: np.ndarray, cls: np.ndarray, keep: np.ndarray,
     return objects.take(keep)
 
 
+def _best_row_per_pair(det: Objects, n_classes: int) -> np.ndarray:
+    """Indices (in input order) of the highest-scored row of each (image, class); the first on ties."""
+    pair = det.image * max(n_classes, 1) + det.cls
+    order = np.lexsort((np.arange(pair.size), -det.score, pair))
+    first = np.r_[True, pair[order][1:] != pair[order][:-1]] if pair.size else np.zeros(0, bool)
+    return np.sort(order[first])
+
+
 def align(gt: Table, pred: Table, *, join_key: str, iou_type: str) -> Aligned:
     ids, keys, gt_image = _gt_images(gt, join_key)
     pred_ref_image, joined_on = _join_predictions(gt, pred, ids, keys, join_key)
@@ -246,6 +254,10 @@ def align(gt: Table, pred: Table, *, join_key: str, iou_type: str) -> Aligned:
     pred_cls = pred_cls_map[pred.category_codes] if pred.rows else np.zeros(0, np.int64)
     joined = pred_image >= 0
     det = _objects(pred, pred_image, pred_cls, joined, geometry)
+    collapsed = 0
+    if geometry == "image":  # the image's score for a class is the best of its rows for it
+        det = det.take(_best_row_per_pair(det, len(classes)))
+        collapsed = int(joined.sum()) - det.image.size
     if det.score is not None:
         det.score.flags.writeable = False  # later steps share one sort of it (see match.descending_rank)
 
@@ -262,6 +274,7 @@ def align(gt: Table, pred: Table, *, join_key: str, iou_type: str) -> Aligned:
             "examples": [str(pred.image_refs[i]) for i in unjoined_refs[:MAX_EXAMPLES]],
         },
         "annotated_images_without_predictions": len(ids) - int(predicted_images.size),
+        "collapsed_prediction_rows": collapsed,
     }
     return Aligned(classes, len(ids), gt_objects, det, geometry, alignment,
                    normalised=geometry != "image" and gt.normalised and pred.normalised)

@@ -416,7 +416,17 @@ def _dictionary(table, name: str, uri: str, *, our: str, nullable: bool = False)
         col = col.dictionary_encode()
     codes = col.indices.to_numpy(zero_copy_only=False)
     codes = np.where(col.is_null().to_numpy(zero_copy_only=False), -1, codes).astype(np.int64)
-    return codes, col.dictionary.to_pylist()
+    values = col.dictionary.to_pylist()
+    # A CSV's empty cell in a text column is "", not null: a blank value is a missing one.
+    blank = np.array([isinstance(v, str) and not v.strip() for v in values], dtype=bool)
+    if blank.any():
+        is_blank = (codes >= 0) & blank[np.maximum(codes, 0)]
+        if not nullable and is_blank.any():
+            raise InputDataError(f"{uri}: row {int(np.flatnonzero(is_blank)[0]) + 1}, column {name!r}: missing value")
+        remap = np.where(blank, -1, np.cumsum(~blank) - 1)
+        codes = np.where(codes >= 0, remap[np.maximum(codes, 0)], -1)
+        values = [v for v, b in zip(values, blank) if not b]
+    return codes, values
 
 
 def _table_polygons(table, name: str, uri: str) -> Polygons | None:

@@ -71,6 +71,8 @@ class Alignment(BaseModel):
     matched_images: int
     unmatched_prediction_images: UnmatchedImages = Field(description="prediction images not in the annotations: excluded")
     annotated_images_without_predictions: int = Field(description="their ground truth counts as missed")
+    collapsed_prediction_rows: int = Field(
+        0, description="image-level only: rows after the first for the same (image, class), folded into its maximum score")
 
 
 class Matching(BaseModel):
