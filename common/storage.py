@@ -239,7 +239,7 @@ def read(uri: str, *, mapped: bool = False) -> Blob:
 READ_WORKERS = 10
 
 
-def read_many(uris: list[str], *, workers: int = READ_WORKERS) -> list[Blob]:
+def read_many(uris: list[str], *, workers: int | None = None) -> list[Blob]:
     """Whole objects, in order. Many small S3 objects are bound by request latency, so they are
     fetched `workers` at a time, all within one S3_DEADLINE timer held by the calling thread (a
     thread's calls nest in it); local files are read one after the other."""
@@ -248,7 +248,7 @@ def read_many(uris: list[str], *, workers: int = READ_WORKERS) -> list[Blob]:
     from concurrent.futures import ThreadPoolExecutor
 
     with _bounded(uris[0]):
-        pool = ThreadPoolExecutor(max_workers=workers)
+        pool = ThreadPoolExecutor(max_workers=workers or READ_WORKERS)
         try:
             return list(pool.map(read, uris))
         finally:

@@ -14,9 +14,11 @@ Class names come from EVAL_CLASS_NAMES_URI: an Ultralytics data YAML (`names:` a
 
 from __future__ import annotations
 
+import gzip
 import io
 import tarfile
 import zipfile
+import zlib
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -40,10 +42,12 @@ def _archive_members(source: Source) -> list[tuple[str, bytes]]:
             with zipfile.ZipFile(io.BytesIO(data)) as archive:
                 return [(info.filename, archive.read(info)) for info in archive.infolist()
                         if not info.is_dir() and _wanted(info.filename)]
+        if data[:2] == b"\x1f\x8b":  # decompressed in one go: tarfile's seeks in a gzip stream cost more than the parse
+            data = gzip.decompress(data)
         with tarfile.open(fileobj=io.BytesIO(data), mode="r:*") as archive:
             # Only regular files are read: links and devices in an archive are never followed.
             return [(m.name, archive.extractfile(m).read()) for m in archive.getmembers() if m.isfile() and _wanted(m.name)]
-    except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError) as exc:
+    except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError, zlib.error) as exc:
         raise InputDataError(f"{source.uri}: cannot read as an archive of YOLO label files: {exc}") from None
 
 
@@ -72,12 +76,13 @@ def _sibling_images(uri: str) -> tuple[str, list[str]] | None:
 
 def _key(name: str) -> str:
     """The image a file belongs to: its path without a leading labels/ or images/ folder, nor extension."""
-    parts = list(PurePosixPath(name).with_suffix("").parts)
+    parts = name.split("/")
     for i, part in enumerate(parts[:-1]):
         if part in ("labels", "images"):
             parts = parts[i + 1:]
             break
-    return "/".join(parts)
+    stem, dot, _ = parts[-1].rpartition(".")
+    return "/".join([*parts[:-1], stem if dot and stem else parts[-1]])
 
 
 def _split(names: list[str]) -> tuple[list[str], list[str]]:
@@ -171,49 +176,74 @@ def _text(uri: str, data: bytes) -> str:
 # -- label lines -----------------------------------------------------------------------------------
 
 
-def _parse(uri: str, name: str, data: bytes, *, predictions: bool, n_names: int | None):
-    """Rows of one label file: (class, box xywh normalised, polygon flat or None, score)."""
-    rows = []
-    where = f"{uri}: {name}" if name else uri
-    for number, line in enumerate(_text(where, data).splitlines(), 1):
-        tokens = line.split()
-        if not tokens:
-            continue
-        n = len(tokens) - (1 if predictions else 0)  # class + coordinates
-        if n == 5:
-            kind = "box"
-        elif n >= 7 and n % 2 == 1:
-            kind = "segment"
-        else:
-            want = ("class cx cy w h conf, or class x1 y1 ... xn yn conf (n >= 3)" if predictions
-                    else "class cx cy w h, or class x1 y1 ... xn yn (n >= 3)")
-            hint = "; predictions need the confidence last (save_conf)" if predictions and len(tokens) in (5, 7) else ""
-            raise InputDataError(f"{where}, line {number}: {len(tokens)} values; expected {want}{hint}")
+def _parse(where: str, data: bytes, *, predictions: bool, n_names: int | None):
+    """One label file: classes (n,), normalised xywh boxes (n, 4), polygon parts per row (or None
+    when every row is a box) and scores (n,) or None."""
+    split = [line.split() for line in _text(where, data).splitlines()]
+    width = 6 if predictions else 5
+    lines = [tokens for tokens in split if tokens]
+    if lines and all(len(tokens) == width for tokens in lines):  # the usual file: boxes only, parsed at once
         try:
-            cls = int(tokens[0])
+            values = np.array([t for tokens in lines for t in tokens], dtype=np.float64).reshape(-1, width)
         except ValueError:
+            values = None
+        if values is not None and _plain_boxes(values, n_names):
+            cx, cy, w, h = values[:, 1:5].T
+            return (values[:, 0].astype(np.int64), np.column_stack([cx - w / 2, cy - h / 2, w, h]), None,
+                    values[:, 5].copy() if predictions else None)
+    rows = [row for number, tokens in enumerate(split, 1) if tokens
+            for row in [_parse_line(where, number, tokens, predictions=predictions, n_names=n_names)]]
+    classes = np.array([r[0] for r in rows], dtype=np.int64)
+    boxes = np.array([r[1] for r in rows], dtype=np.float64).reshape(-1, 4)
+    parts = [[] if r[2] is None else [r[2]] for r in rows]
+    score = np.array([r[3] for r in rows], dtype=np.float64) if predictions else None
+    return classes, boxes, parts if any(parts) else None, score
+
+
+def _plain_boxes(values: np.ndarray, n_names: int | None) -> bool:
+    """Every row valid: an integer class in range, finite values, no negative size (else the
+    line-by-line path names the first bad line)."""
+    cls = values[:, 0]
+    return bool(np.isfinite(values).all() and (cls == np.floor(cls)).all() and (cls >= 0).all()
+                and (n_names is None or (cls < n_names).all()) and (values[:, 3:5] >= 0).all())
+
+
+def _parse_line(where: str, number: int, tokens: list[str], *, predictions: bool, n_names: int | None):
+    """(class, box xywh normalised, polygon flat or None, score) of one line, or the error naming it."""
+    n = len(tokens) - (1 if predictions else 0)  # class + coordinates
+    if n != 5 and not (n >= 7 and n % 2 == 1):
+        want = ("class cx cy w h conf, or class x1 y1 ... xn yn conf (n >= 3)" if predictions
+                else "class cx cy w h, or class x1 y1 ... xn yn (n >= 3)")
+        hint = "; predictions need the confidence last (save_conf)" if predictions and len(tokens) in (5, 7) else ""
+        raise InputDataError(f"{where}, line {number}: {len(tokens)} values; expected {want}{hint}")
+    try:
+        cls = int(tokens[0])
+    except ValueError:
+        try:
+            cls = float(tokens[0])
+            cls = int(cls) if cls == int(cls) else None
+        except (ValueError, OverflowError):
+            cls = None
+        if cls is None:
             raise InputDataError(f"{where}, line {number}: class {tokens[0]!r} is not an integer id") from None
-        if cls < 0 or (n_names is not None and cls >= n_names):
-            known = f"the {n_names} names of EVAL_CLASS_NAMES_URI (ids 0..{n_names - 1})" if n_names else "ids >= 0"
-            raise InputDataError(f"{where}, line {number}: class {cls} is not in {known}")
-        try:
-            values = np.array(tokens[1:], dtype=np.float64)
-        except ValueError:
-            raise InputDataError(f"{where}, line {number}: not a number in {line.strip()!r}") from None
-        if not np.isfinite(values).all():
-            raise InputDataError(f"{where}, line {number}: values must be finite numbers")
-        score = float(values[-1]) if predictions else None
-        coords = values[:n - 1]
-        if kind == "box":
-            cx, cy, w, h = coords
-            if w < 0 or h < 0:
-                raise InputDataError(f"{where}, line {number}: negative box width or height")
-            rows.append((cls, (cx - w / 2, cy - h / 2, w, h), None, score))
-        else:
-            x, y = coords[0::2], coords[1::2]
-            box = (x.min(), y.min(), x.max() - x.min(), y.max() - y.min())  # the segment's bounding box
-            rows.append((cls, box, coords, score))
-    return rows
+    if cls < 0 or (n_names is not None and cls >= n_names):
+        known = f"the {n_names} names of EVAL_CLASS_NAMES_URI (ids 0..{n_names - 1})" if n_names else "ids >= 0"
+        raise InputDataError(f"{where}, line {number}: class {cls} is not in {known}")
+    try:
+        values = np.array(tokens[1:], dtype=np.float64)
+    except ValueError:
+        raise InputDataError(f"{where}, line {number}: not a number in {' '.join(tokens)!r}") from None
+    if not np.isfinite(values).all():
+        raise InputDataError(f"{where}, line {number}: values must be finite numbers")
+    score = float(values[-1]) if predictions else None
+    coords = values[:n - 1]
+    if n == 5:
+        cx, cy, w, h = coords
+        if w < 0 or h < 0:
+            raise InputDataError(f"{where}, line {number}: negative box width or height")
+        return cls, (cx - w / 2, cy - h / 2, w, h), None, score
+    x, y = coords[0::2], coords[1::2]
+    return cls, (x.min(), y.min(), x.max() - x.min(), y.max() - y.min()), coords, score  # the segment's bounds
 
 
 def read(source: Source, options: ReadOptions) -> Table:
@@ -227,18 +257,16 @@ def read(source: Source, options: ReadOptions) -> Table:
         keys[key] = name
     image_ids = sorted(set(keys) | (set(sizes) if not options.predictions else set()))
     position = {k: i for i, k in enumerate(image_ids)}
-    image_rows, classes, boxes, parts, scores = [], [], [], [], []
-    for name, data in label_files:
-        for cls, box, polygon, score in _parse(source.uri, name, data, predictions=options.predictions,
-                                               n_names=len(names) if names else None):
-            image_rows.append(position[_key(name)])
-            classes.append(cls)
-            boxes.append(box)
-            parts.append([] if polygon is None else [polygon])
-            scores.append(score)
-    image = np.array(image_rows, dtype=np.int64)
-    box_array = np.array(boxes, dtype=np.float64).reshape(-1, 4)
-    polygons = Polygons.from_rows(parts) if any(parts) else None
+    files = [(position[key], _parse(f"{source.uri}: {name}", data, predictions=options.predictions,
+                                    n_names=len(names) if names else None))
+             for (name, data), key in zip(label_files, keys)]
+    image = np.concatenate([np.full(rows[0].size, i, dtype=np.int64) for i, rows in files]) if files else np.zeros(0, np.int64)
+    classes = np.concatenate([rows[0] for _, rows in files])
+    box_array = np.concatenate([rows[1] for _, rows in files])
+    polygons = None
+    if any(rows[2] is not None for _, rows in files):
+        polygons = Polygons.from_rows([p for _, rows in files for p in (rows[2] or [[]] * rows[0].size)])
+    scores = np.concatenate([rows[3] for _, rows in files]) if options.predictions else None
     # Pixels where every image's size is known; else the coordinates stay normalised.
     sized = bool(image_ids) and all(k in sizes for k in image_ids)
     if sized:
@@ -249,9 +277,9 @@ def read(source: Source, options: ReadOptions) -> Table:
     _check_boxes(box_array, source.uri, lambda i: f"row {i + 1}")
     score = None
     if options.predictions:
-        score = np.array(scores, dtype=np.float64)
+        score = scores
         _check_scores(score, source.uri, lambda i: f"row {i + 1}")
-    cls_codes, cls_refs = _class_codes(np.array(classes, dtype=np.int64), names, predictions=options.predictions)
+    cls_codes, cls_refs = _class_codes(classes, names, predictions=options.predictions)
     images = [ImageInfo(id=k, file_name=k, width=sizes.get(k, (None, None))[0], height=sizes.get(k, (None, None))[1])
               for k in image_ids]
     return Table(
