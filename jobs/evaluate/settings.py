@@ -37,7 +37,11 @@ class EvalSettings(BaseSettings):
         "(stop included), e.g. 0.5:0.95:0.05 for COCO AP@[.5:.95]; at most 1001 thresholds. Each class then reports AP at each and their "
         "mean beside its EVAL_IOU_THRESHOLD results. Empty: off.",
     )
-    format: Format = Field("auto", description="Input format of both files; 'auto' detects from the extension and content.")
+    format: Format = Field(
+        "auto",
+        description=f"Input format of both inputs: {', '.join(REGISTRY)}; 'auto' detects it from the leading bytes, "
+        "the extension, then the content (a folder, S3 prefix or .zip/.tar.gz of .txt files: yolo).",
+    )
     predictions_format: Format | None = Field(None, description="Overrides EVAL_FORMAT for the predictions file.")
     annotations_format: Format | None = Field(None, description="Overrides EVAL_FORMAT for the annotations file.")
     class_names_uri: str | None = Field(
@@ -55,10 +59,10 @@ class EvalSettings(BaseSettings):
         description="How image names join: 'basename' (lower-cased file name without folders or extension) or 'exact'.",
     )
     iou_type: IouType = Field(
-        IouType.AUTO, description="'auto' uses polygon IoU when both sides carry polygons, else boxes."
+        "auto", validate_default=True, description="'auto' uses polygon IoU when both sides carry polygons, else boxes."
     )
     policy: PolicySetting = Field(
-        Policy.parse("f1"),
+        "f1", validate_default=True,
         description="Operating point per class: 'f1', 'fbeta:B', 'precision>=P' (most recall at that precision) "
         "or 'recall>=R' (most precision at that recall).",
     )
