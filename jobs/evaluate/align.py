@@ -187,13 +187,12 @@ def _geometry(gt: Table, pred: Table, iou_type: str) -> str:
 
 
 def _in_pixels(table: Table, image: np.ndarray, sizes: np.ndarray | None, other: Table) -> Table:
-    """A normalised table's geometry in pixels of the annotations' image sizes, `sizes` (n_images, 2)."""
-    joined = image[image >= 0]
-    if sizes is None or np.isnan(sizes[joined]).any():
+    """A normalised table's geometry in pixels of the annotations' image sizes (`_image_sizes`)."""
+    if sizes is None:
         raise InputDataError(
             f"{table.uri}: coordinates are normalised (YOLO) and {other.uri}'s are in pixels; converting needs "
             "every image's width and height: give COCO images with sizes, or YOLO images in an images/ folder")
-    wh = np.where(image[:, None] >= 0, sizes[np.maximum(image, 0)], 1.0)
+    wh = np.where(image[:, None] >= 0, sizes[np.maximum(image, 0), ::-1], 1).astype(np.float64)
     boxes = None if table.boxes is None else table.boxes * np.tile(wh, 2)
     polygons = table.polygons
     if polygons is not None:
@@ -203,13 +202,14 @@ def _in_pixels(table: Table, image: np.ndarray, sizes: np.ndarray | None, other:
     return replace(table, boxes=boxes, polygons=polygons, normalised=False)
 
 
-def _image_sizes(gt: Table, ids: list) -> np.ndarray | None:
-    """(n_images, 2) width, height in evaluation order (NaN where unknown), or None without an image list."""
+def _image_sizes(gt: Table) -> np.ndarray | None:
+    """(n_images, 2) height, width in evaluation order (images by id), or None when any is missing."""
     if gt.images is None:
         return None
-    by_id = {im.id: im for im in gt.images}
-    return np.array([[np.nan if by_id[i].width is None else by_id[i].width,
-                      np.nan if by_id[i].height is None else by_id[i].height] for i in ids], dtype=np.float64)
+    images = sorted(gt.images, key=lambda im: _sort_key(im.id))
+    if any(im.height is None or im.width is None for im in images):
+        return None
+    return np.array([(im.height, im.width) for im in images], dtype=np.int64).reshape(-1, 2)
 
 
 def _objects(table: Table, image: np.ndarray, cls: np.ndarray, keep: np.ndarray, geometry: str) -> Objects:
@@ -238,7 +238,7 @@ def align(gt: Table, pred: Table, *, join_key: str, iou_type: str) -> Aligned:
     pred_image = pred_ref_image[pred.image_codes] if pred.rows else np.zeros(0, np.int64)
     if geometry != "image" and gt.normalised != pred.normalised:  # one side YOLO without sizes
         if pred.normalised:
-            pred = _in_pixels(pred, pred_image, _image_sizes(gt, ids), gt)
+            pred = _in_pixels(pred, pred_image, _image_sizes(gt), gt)
         else:
             gt = _in_pixels(gt, gt_image, None, pred)
 

@@ -14,17 +14,8 @@ intersected by GEOS through shapely, which is imported only then.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import StrEnum
 
 import numpy as np
-
-
-class IouType(StrEnum):
-    """EVAL_IOU_TYPE: what the IoU of a detection and a ground truth is computed on."""
-
-    AUTO = "auto"  # polygons when both sides carry them, else boxes
-    BBOX = "bbox"
-    POLYGON = "polygon"
 
 
 def box_iou_pairs(det: np.ndarray, gt: np.ndarray, crowd: np.ndarray) -> np.ndarray:

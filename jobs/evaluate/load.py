@@ -40,8 +40,8 @@ class ImageInfo(msgspec.Struct, gc=False):
 
     id: int | str
     file_name: str | None = None
-    width: float | None = None
-    height: float | None = None
+    height: int | None = None  # needed to rasterise polygons and check RLE sizes (EVAL_IOU_TYPE=segm)
+    width: int | None = None
 
 
 class CocoAnnotation(msgspec.Struct, gc=False):

@@ -11,7 +11,6 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from common.settings import check_uri
 from jobs.evaluate.formats import REGISTRY
-from jobs.evaluate.geometry import IouType
 from jobs.evaluate.sweep import Policy
 
 TABLE_COLUMNS = ("image", "category", "score", "bbox_x", "bbox_y", "bbox_w", "bbox_h", "polygon")
@@ -58,8 +57,8 @@ class EvalSettings(BaseSettings):
         "basename",
         description="How image names join: 'basename' (lower-cased file name without folders or extension) or 'exact'.",
     )
-    iou_type: IouType = Field(
-        "auto", validate_default=True, description="'auto' uses polygon IoU when both sides carry polygons, else boxes."
+    iou_type: Literal["auto", "bbox", "polygon"] = Field(
+        "auto", description="'auto' uses polygon IoU when both sides carry polygons, else boxes."
     )
     policy: PolicySetting = Field(
         "f1", validate_default=True,

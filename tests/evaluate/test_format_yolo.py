@@ -222,3 +222,25 @@ def test_format_yolo_refuses_a_single_text_file(job_env, tmp_path):
     proc = run_job(job_env, tmp_path, annotations_uri=str(tmp_path / "a.txt"), annotations_format="yolo")
     assert_clean_failure(proc, ExitCode.INPUT_DATA, "a.txt", "is a file", out=tmp_path / "out")
     assert json.loads(proc.stdout.strip().splitlines()[-1])["exit_code"] == ExitCode.INPUT_DATA
+
+
+def test_image_sizes_from_headers_past_the_first_read(tmp_path, monkeypatch):
+    """A JPEG whose size marker comes after a 200 kB ICC profile: read whole, not misread."""
+    from jobs.evaluate.formats.yolo import HEADER_BYTES
+
+    (tmp_path / "labels").mkdir()
+    (tmp_path / "images").mkdir()
+    (tmp_path / "labels" / "a.txt").write_text("0 0.5 0.5 0.5 0.5\n")
+    Image.new("RGB", (64, 48)).save(tmp_path / "images" / "a.jpg", icc_profile=b"\0" * 200_000)
+    assert (tmp_path / "images" / "a.jpg").stat().st_size > 3 * HEADER_BYTES
+    (tmp_path / "pred").mkdir()
+    (tmp_path / "pred" / "a.txt").write_text("0 0.5 0.5 0.5 0.5 0.9\n")
+    report = evaluate(monkeypatch, tmp_path / "pred", tmp_path)
+    assert report.matching.coordinates == "pixels" and report.classes[0].tp == 1
+    from jobs.evaluate.formats import ReadOptions, open_source
+    from jobs.evaluate.formats.yolo import read
+
+    table = read(open_source(str(tmp_path)), ReadOptions(predictions=False))
+    assert (table.images[0].width, table.images[0].height) == (64, 48)
+    assert table.boxes.tolist() == [[16.0, 12.0, 32.0, 24.0]]
+

@@ -29,6 +29,8 @@ from jobs.evaluate.formats import ARCHIVE_EXTENSIONS, Format, ReadOptions, Sourc
 from jobs.evaluate.geometry import Polygons
 from jobs.evaluate.load import CategoryInfo, ImageInfo, Table, _check_boxes, _check_scores
 
+# Bytes read of each image for its size: JPEG, PNG and the like say it in their first few KB.
+HEADER_BYTES = 64 * 1024
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
 
 
@@ -93,14 +95,18 @@ def _split(names: list[str]) -> tuple[list[str], list[str]]:
     return (under_labels or texts), images
 
 
-def _image_size(where: str, name: str, data: bytes) -> tuple[int, int]:
+def _image_size(where: str, name: str, data: bytes, *, reread=None) -> tuple[int, int]:
+    """(width, height) from an image's header. `data` may be only the file's first HEADER_BYTES;
+    `reread()` then gives the whole file, for headers that run past them (a large ICC or EXIF block)."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(io.BytesIO(data)) as image:  # parses the header only
             return image.size
-    except (UnidentifiedImageError, OSError) as exc:
-        raise InputDataError(f"{where}: {name}: cannot read the image's size: {exc}") from None
+    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        if reread is None or len(data) < HEADER_BYTES:
+            raise InputDataError(f"{where}: {name}: cannot read the image's size: {exc}") from None
+    return _image_size(where, name, reread())
 
 
 def _gather(source: Source) -> tuple[list[tuple[str, bytes]], dict[str, tuple[int, int]], str]:
@@ -111,17 +117,19 @@ def _gather(source: Source) -> tuple[list[tuple[str, bytes]], dict[str, tuple[in
         image_folder = source
         if not images and (sibling := _sibling_images(source.uri)):
             image_folder, images = Source(sibling[0], names=sibling[1]), sibling[1]
-        image_files = [(image_folder.uri, n, d) for n, d in _folder_files(image_folder, images)]
+        uris = [storage.join(image_folder.uri, n) for n in images]
+        heads = storage.read_many(uris, max_bytes=HEADER_BYTES)
+        sizes = {_key(n): _image_size(image_folder.uri, n, bytes(b.data), reread=lambda u=u: bytes(storage.read(u).data))
+                 for n, u, b in zip(images, uris, heads)}
         version = files_version(label_files)
     else:
         members = _archive_members(source)
         labels, images = map(set, _split([n for n, _ in members]))
         label_files = [(n, d) for n, d in members if n in labels]
-        image_files = [(source.uri, n, d) for n, d in members if n in images]
+        sizes = {_key(n): _image_size(source.uri, n, d) for n, d in members if n in images}
         version = source.blob.version
     if not label_files:
         raise InputDataError(f"{source.uri}: no YOLO label files (.txt) found")
-    sizes = {_key(n): _image_size(where, n, d) for where, n, d in image_files}
     return sorted(label_files), sizes, version
 
 
