@@ -244,3 +244,30 @@ def test_image_sizes_from_headers_past_the_first_read(tmp_path, monkeypatch):
     assert (table.images[0].width, table.images[0].height) == (64, 48)
     assert table.boxes.tolist() == [[16.0, 12.0, 32.0, 24.0]]
 
+
+@pytest.mark.parametrize("kind", ["zip", "tar.gz"])
+def test_archive_expanding_past_the_cap_is_an_input_error(kind, tmp_path, monkeypatch):
+    from common.errors import InputDataError
+    from jobs.evaluate.formats import yolo
+
+    monkeypatch.setattr(yolo, "MAX_ARCHIVE_BYTES", 10_000)
+    text = b"0 0.5 0.5 0.2 0.2\n" * 1000  # 18 kB that compress to little
+    path = tmp_path / f"labels.{kind}"
+    if kind == "zip":
+        with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+            archive.writestr("labels/a.txt", text)
+    else:
+        with tarfile.open(path, "w:gz") as archive:
+            info = tarfile.TarInfo("labels/a.txt")
+            info.size = len(text)
+            archive.addfile(info, io.BytesIO(text))
+    assert path.stat().st_size < 10_000
+    with pytest.raises(InputDataError, match=r"labels\.(zip|tar\.gz): the archive expands to more than 10,000 bytes"):
+        evaluate(monkeypatch, tmp_path / "unused", path)
+
+
+def test_a_corrupt_archive_is_an_input_error(job_env, tmp_path):
+    (tmp_path / "labels.zip").write_bytes(b"PK\x03\x04 not really a zip")
+    proc = run_job(job_env, tmp_path, annotations_uri=str(tmp_path / "labels.zip"))
+    assert_clean_failure(proc, ExitCode.INPUT_DATA, "labels.zip", "cannot read as an archive", out=tmp_path / "out")
+

@@ -37,16 +37,26 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", "
 # -- files: a folder, an S3 prefix or an archive -> (relative name, bytes) ---------------------------
 
 
+# What an archive may expand to (label files and images together): a guard against archive bombs.
+MAX_ARCHIVE_BYTES = 4 * 2**30
+
+
 def _archive_members(source: Source) -> list[tuple[str, bytes]]:
     data = bytes(source.blob.data)
+    too_big = f"{source.uri}: the archive expands to more than {MAX_ARCHIVE_BYTES:,} bytes"
     try:
         if source.basename.endswith(".zip") or data[:4] == b"PK\x03\x04":
             with zipfile.ZipFile(io.BytesIO(data)) as archive:
-                return [(info.filename, archive.read(info)) for info in archive.infolist()
-                        if not info.is_dir() and _wanted(info.filename)]
+                infos = [info for info in archive.infolist() if not info.is_dir() and _wanted(info.filename)]
+                if sum(info.file_size for info in infos) > MAX_ARCHIVE_BYTES:  # zipfile reads no more than declared
+                    raise InputDataError(too_big)
+                return [(info.filename, archive.read(info)) for info in infos]
         if data[:2] == b"\x1f\x8b":  # decompressed in one go: tarfile's seeks in a gzip stream cost more than the parse
-            data = gzip.decompress(data)
-        with tarfile.open(fileobj=io.BytesIO(data), mode="r:*") as archive:
+            with gzip.GzipFile(fileobj=io.BytesIO(data)) as stream:
+                data = stream.read(MAX_ARCHIVE_BYTES + 1)
+            if len(data) > MAX_ARCHIVE_BYTES:
+                raise InputDataError(too_big)
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as archive:
             # Only regular files are read: links and devices in an archive are never followed.
             return [(m.name, archive.extractfile(m).read()) for m in archive.getmembers() if m.isfile() and _wanted(m.name)]
     except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError, zlib.error) as exc:
