@@ -58,7 +58,10 @@ def _archive_members(source: Source) -> list[tuple[str, bytes]]:
                 raise InputDataError(too_big)
         with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as archive:
             # Only regular files are read: links and devices in an archive are never followed.
-            return [(m.name, archive.extractfile(m).read()) for m in archive.getmembers() if m.isfile() and _wanted(m.name)]
+            members = [m for m in archive.getmembers() if m.isfile() and _wanted(m.name)]
+            if sum(m.size for m in members) > MAX_ARCHIVE_BYTES:  # a sparse member can declare more than it stores
+                raise InputDataError(too_big)
+            return [(m.name, archive.extractfile(m).read()) for m in members]
     except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError, zlib.error) as exc:
         raise InputDataError(f"{source.uri}: cannot read as an archive of YOLO label files: {exc}") from None
 
