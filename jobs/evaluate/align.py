@@ -1,4 +1,4 @@
-"""Join predictions to annotations: images on a normalised key (or COCO ids), categories by id or name.
+"""Join predictions to annotations: images on a normalised key (or image ids), categories by id or name.
 
 The result holds integer arrays only (image index, class index per row) and an `alignment` block
 that says what did not join. Images are ordered as pycocotools orders them (by COCO id, else by
@@ -7,7 +7,7 @@ key), which fixes the order of equal-score detections and so makes AP agree with
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import PurePosixPath
 
 import numpy as np
@@ -56,6 +56,9 @@ class Aligned:
     det: Objects
     geometry: str  # "bbox", "polygon" or "image" (image-level, multi-label)
     alignment: dict
+    # Coordinates are fractions of the image size (YOLO files without image sizes): IoUs are as in
+    # pixels, but pixel areas are unknown.
+    normalised: bool = False
 
 
 def normalise_key(name: str, join_key: str) -> str:
@@ -74,9 +77,9 @@ def _sort_key(value):
 
 
 def _gt_images(gt: Table, join_key: str) -> tuple[list, list[str], np.ndarray]:
-    """Image refs in evaluation order, their join keys, and each annotation row's image index."""
-    if gt.is_coco:
-        images = sorted(gt.coco_images, key=lambda im: _sort_key(im.id))
+    """Image ids (or names) in evaluation order, their join keys, and each annotation row's image index."""
+    if gt.images is not None:
+        images = sorted(gt.images, key=lambda im: _sort_key(im.id))
         ids = [im.id for im in images]
         if len(set(ids)) != len(ids):
             dup = next(i for i in ids if ids.count(i) > 1)
@@ -100,7 +103,7 @@ def _gt_images(gt: Table, join_key: str) -> tuple[list, list[str], np.ndarray]:
     for name, key in zip(names, keys):
         if key is None:
             continue
-        if key in seen and (gt.is_coco or seen[key] != name):
+        if key in seen and (gt.images is not None or seen[key] != name):
             raise InputDataError(
                 f"{gt.uri}: images {seen[key]!r} and {name!r} both normalise to {key!r}; "
                 "rename one or set EVAL_JOIN_KEY=exact"
@@ -111,8 +114,10 @@ def _gt_images(gt: Table, join_key: str) -> tuple[list, list[str], np.ndarray]:
 
 def _join_predictions(gt: Table, pred: Table, ids: list, keys: list, join_key: str) -> tuple[np.ndarray, str]:
     """Each prediction ref's image index (-1 where it does not join) and how the join was made."""
-    # COCO results, or a table whose image column holds integer COCO ids, join on the ids.
-    if gt.is_coco and (pred.is_coco or all(type(ref) is int for ref in pred.image_refs)):
+    # Refs that are image ids (COCO results), or a table whose image column holds the integer ids
+    # of the annotations' image list, join on the ids.
+    if gt.images is not None and (pred.image_refs_are_ids or (
+            all(type(ref) is int for ref in pred.image_refs) and all(type(i) is int for i in ids))):
         position = {i: n for n, i in enumerate(ids)}
         return np.array([position.get(ref, -1) for ref in pred.image_refs], dtype=np.int64), "coco_image_id"
     if any(k is None for k in keys):
@@ -135,7 +140,7 @@ def _classes(gt: Table, pred: Table) -> tuple[list[ClassInfo], np.ndarray, np.nd
         by_name.setdefault(name, len(classes) - 1)
         return len(classes) - 1
 
-    for cat in sorted(gt.coco_categories, key=lambda c: _sort_key(c.id)):
+    for cat in sorted(gt.categories or [], key=lambda c: _sort_key(c.id)):
         if cat.id in by_id:
             raise InputDataError(f"{gt.uri}: category id {cat.id!r} appears twice in categories")
         add(cat.id, cat.name)
@@ -156,7 +161,7 @@ def _classes(gt: Table, pred: Table) -> tuple[list[ClassInfo], np.ndarray, np.nd
             raise InputDataError(f"{uri}: category {ref!r} is not in the categories")
         return add(None, ref)
 
-    strict_gt = bool(gt.coco_categories)
+    strict_gt = bool(gt.categories)
     gt_map = np.array([resolve(r, uri=gt.uri, strict=strict_gt) for r in gt.category_refs], dtype=np.int64)
     pred_map = np.array([resolve(r, uri=pred.uri, strict=False) for r in pred.category_refs], dtype=np.int64)
     return classes, gt_map, pred_map
@@ -181,6 +186,32 @@ def _geometry(gt: Table, pred: Table, iou_type: str) -> str:
     return "polygon"
 
 
+def _in_pixels(table: Table, image: np.ndarray, sizes: np.ndarray | None, other: Table) -> Table:
+    """A normalised table's geometry in pixels of the annotations' image sizes (`_image_sizes`)."""
+    if sizes is None:
+        raise InputDataError(
+            f"{table.uri}: coordinates are normalised (YOLO) and {other.uri}'s are in pixels; converting needs "
+            "every image's width and height: give COCO images with sizes, or YOLO images in an images/ folder")
+    wh = np.where(image[:, None] >= 0, sizes[np.maximum(image, 0), ::-1], 1).astype(np.float64)
+    boxes = None if table.boxes is None else table.boxes * np.tile(wh, 2)
+    polygons = table.polygons
+    if polygons is not None:
+        from jobs.evaluate.formats.yolo import scale_polygons
+
+        polygons = scale_polygons(polygons, wh)
+    return replace(table, boxes=boxes, polygons=polygons, normalised=False)
+
+
+def _image_sizes(gt: Table) -> np.ndarray | None:
+    """(n_images, 2) height, width in evaluation order (images by id), or None when any is missing."""
+    if gt.images is None:
+        return None
+    images = sorted(gt.images, key=lambda im: _sort_key(im.id))
+    if any(im.height is None or im.width is None for im in images):
+        return None
+    return np.array([(im.height, im.width) for im in images], dtype=np.int64).reshape(-1, 2)
+
+
 def _objects(table: Table, image: np.ndarray, cls: np.ndarray, keep: np.ndarray, geometry: str) -> Objects:
     objects = Objects(
         image=image, cls=cls,
@@ -191,11 +222,25 @@ def _objects(table: Table, image: np.ndarray, cls: np.ndarray, keep: np.ndarray,
     return objects.take(keep)
 
 
+def _best_row_per_pair(det: Objects, n_classes: int) -> np.ndarray:
+    """Indices (in input order) of the highest-scored row of each (image, class); the first on ties."""
+    pair = det.image * max(n_classes, 1) + det.cls
+    order = np.lexsort((np.arange(pair.size), -det.score, pair))
+    first = np.r_[True, pair[order][1:] != pair[order][:-1]] if pair.size else np.zeros(0, bool)
+    return np.sort(order[first])
+
+
 def align(gt: Table, pred: Table, *, join_key: str, iou_type: str) -> Aligned:
     ids, keys, gt_image = _gt_images(gt, join_key)
     pred_ref_image, joined_on = _join_predictions(gt, pred, ids, keys, join_key)
     classes, gt_cls_map, pred_cls_map = _classes(gt, pred)
     geometry = _geometry(gt, pred, iou_type)
+    pred_image = pred_ref_image[pred.image_codes] if pred.rows else np.zeros(0, np.int64)
+    if geometry != "image" and gt.normalised != pred.normalised:  # one side YOLO without sizes
+        if pred.normalised:
+            pred = _in_pixels(pred, pred_image, _image_sizes(gt), gt)
+        else:
+            gt = _in_pixels(gt, gt_image, None, pred)
 
     has_category = gt.category_codes >= 0
     gt_cls = np.full(gt.rows, -1, dtype=np.int64)
@@ -206,10 +251,13 @@ def align(gt: Table, pred: Table, *, join_key: str, iou_type: str) -> Aligned:
         _, first = np.unique(pair, return_index=True)
         gt_objects = gt_objects.take(np.sort(first))
 
-    pred_image = pred_ref_image[pred.image_codes] if pred.rows else np.zeros(0, np.int64)
     pred_cls = pred_cls_map[pred.category_codes] if pred.rows else np.zeros(0, np.int64)
     joined = pred_image >= 0
     det = _objects(pred, pred_image, pred_cls, joined, geometry)
+    collapsed = 0
+    if geometry == "image":  # the image's score for a class is the best of its rows for it
+        det = det.take(_best_row_per_pair(det, len(classes)))
+        collapsed = int(joined.sum()) - det.image.size
     if det.score is not None:
         det.score.flags.writeable = False  # later steps share one sort of it (see match.descending_rank)
 
@@ -226,5 +274,7 @@ def align(gt: Table, pred: Table, *, join_key: str, iou_type: str) -> Aligned:
             "examples": [str(pred.image_refs[i]) for i in unjoined_refs[:MAX_EXAMPLES]],
         },
         "annotated_images_without_predictions": len(ids) - int(predicted_images.size),
+        "collapsed_prediction_rows": collapsed,
     }
-    return Aligned(classes, len(ids), gt_objects, det, geometry, alignment)
+    return Aligned(classes, len(ids), gt_objects, det, geometry, alignment,
+                   normalised=geometry != "image" and gt.normalised and pred.normalised)

@@ -35,7 +35,7 @@ def percentile_interval(values: list[float | None]) -> dict:
     return {"low": float(low), "high": float(high), "defined": int(v.size)}
 
 
-def bootstrap_intervals(aligned, matches, *, replicates: int, seed: int, policy: str, min_support: int,
+def bootstrap_intervals(aligned, matches, *, replicates: int, seed: int, policy, min_support: int,
                         evaluation_mask: np.ndarray | None, log=None):
     """The `bootstrap` block. `evaluation_mask` (n_images,) bool marks held-out images, or None."""
     from jobs.evaluate.report import Bootstrap, ClassIntervals, Interval

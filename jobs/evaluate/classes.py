@@ -9,7 +9,7 @@ import numpy as np
 from jobs.evaluate.align import Aligned
 from jobs.evaluate.match import Matches, descending_rank, radix_argsort, stable_order
 from jobs.evaluate.report import ClassResult, Summary
-from jobs.evaluate.sweep import Sweep, average_precision, choose_operating_point, sweep_thresholds
+from jobs.evaluate.sweep import Policy, Sweep, average_precision, choose_operating_point, sweep_thresholds
 
 
 def accumulation_order(det, n_classes: int, n_images: int, rank=None) -> np.ndarray:
@@ -79,7 +79,7 @@ def summarise(results: list[ClassResult], global_threshold: float | None) -> Sum
     )
 
 
-def evaluate_classes(aligned: Aligned, matches: Matches, *, policy: str, min_support: int) -> tuple[list[ClassResult], Summary]:
+def evaluate_classes(aligned: Aligned, matches: Matches, *, policy: Policy, min_support: int) -> tuple[list[ClassResult], Summary]:
     data = by_class(aligned, matches)
     n_gt, n_pred = data.n_gt, data.n_pred
     # The pooled sweep over classes with ground truth gives the fallback for thin classes.

@@ -21,8 +21,9 @@ from jobs.evaluate.bootstrap import bootstrap_intervals
 from jobs.evaluate.calibration import calibrate, calibration_document
 from jobs.evaluate.classes import add_ap_by_iou, evaluate_at_thresholds, evaluate_classes
 from jobs.evaluate.drift import drift_block, read_baseline
+from jobs.evaluate.formats import ReadOptions, detect_format, open_source
 from jobs.evaluate.history import append_history, history_with_run, read_history_frame
-from jobs.evaluate.load import decompressed, detect_format, read_input
+from jobs.evaluate.load import decompressed
 from jobs.evaluate.match import Matches, match_at_thresholds
 from jobs.evaluate.nms import nms_keep
 from jobs.evaluate.page import render_index
@@ -34,6 +35,8 @@ from jobs.evaluate.split import holdout_mask, take_images
 
 INDEX_NAME = "index.html"
 CALIBRATION_NAME = "calibration.json"
+NORMALISED_NOTE = ("YOLO coordinates without image sizes (no images/ folder): IoU is the same as in pixels, "
+                   "but pixel areas (COCO's small/medium/large ranges) are unknown")
 
 
 def load_inputs(settings: EvalSettings, log):
@@ -43,12 +46,15 @@ def load_inputs(settings: EvalSettings, log):
         ("predictions", settings.predictions_uri, settings.predictions_format or settings.format),
     ):
         t0 = time.perf_counter()
-        blob = storage.read(uri, mapped=True).hash_in_background()  # the digest overlaps the parsing
-        blob = decompressed(blob, max_bytes=settings.max_decompressed_bytes)
-        fmt = detect_format(blob, fmt)
-        tables[side] = (read_input(blob, fmt, settings.column, predictions=side == "predictions"), fmt)
-        log.info("loaded", input=side, uri=uri, format=fmt, rows=tables[side][0].rows,
-                 bytes=len(blob.data), seconds=round(time.perf_counter() - t0, 3))
+        source = open_source(uri)  # one file (its digest overlaps the parsing), or a folder's names
+        if source.blob is not None:
+            source.blob = decompressed(source.blob, max_bytes=settings.max_decompressed_bytes)
+        reader = detect_format(source, fmt)
+        options = ReadOptions(predictions=side == "predictions", columns=settings.column,
+                              class_names_uri=settings.class_names_uri)
+        tables[side] = (reader.read(source, options), reader.name)
+        log.info("loaded", input=side, uri=uri, format=reader.name, rows=tables[side][0].rows,
+                 bytes=source.size, seconds=round(time.perf_counter() - t0, 3))
     return tables
 
 
@@ -245,8 +251,10 @@ def evaluate(settings: EvalSettings, run_id: str, log: structlog.BoundLogger) ->
         inputs={"predictions": input_info(pred, pred_fmt), "annotations": input_info(gt, gt_fmt)},
         config=public_config(settings),
         alignment=Alignment(**aligned.alignment),
-        matching=Matching(geometry=aligned.geometry, iou_threshold=settings.iou_threshold, policy=settings.policy,
-                          iou_thresholds=settings.iou_thresholds or None),
+        matching=Matching(geometry=aligned.geometry, iou_threshold=settings.iou_threshold, policy=str(settings.policy),
+                          iou_thresholds=settings.iou_thresholds or None,
+                          coordinates="normalised" if aligned.normalised else "pixels",
+                          coordinates_note=NORMALISED_NOTE if aligned.normalised else None),
         classes=classes,
         summary=summary,
         nms=nms_info,

@@ -1,8 +1,9 @@
-"""Load predictions and annotations (COCO JSON, CSV, Parquet, JSONL) into columnar arrays.
+"""The format-neutral `Table`, and the readers of COCO JSON and of tables (CSV, Parquet, JSONL).
 
 Nothing here matches or scores: each input becomes one `Table` of rows (objects or detections)
 with image and category references kept as codes into their unique values, so later steps work on
 integer arrays. Problems with the data raise `InputDataError` naming the file, row and column.
+Which reader reads an input is decided once, by the registry in `jobs.evaluate.formats`.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import itertools
 import operator
 import re
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from operator import attrgetter
 
 import msgspec
@@ -34,9 +35,13 @@ Box = tuple[float, float, float, float]  # x, y, width, height; a tuple is one a
 
 
 # gc=False: these hold no cycles, so the cyclic collector need not track (and rescan) them.
-class CocoImage(msgspec.Struct, gc=False):
+class ImageInfo(msgspec.Struct, gc=False):
+    """One image an input lists (also one without objects): its id, file name and size in pixels."""
+
     id: int | str
     file_name: str | None = None
+    height: int | None = None  # needed to rasterise polygons and check RLE sizes (EVAL_IOU_TYPE=segm)
+    width: int | None = None
 
 
 class CocoAnnotation(msgspec.Struct, gc=False):
@@ -47,15 +52,15 @@ class CocoAnnotation(msgspec.Struct, gc=False):
     segmentation: msgspec.Raw = NO_SEGMENTATION
 
 
-class CocoCategory(msgspec.Struct):
+class CategoryInfo(msgspec.Struct):
     id: int | str
     name: str
 
 
 class CocoGroundTruth(msgspec.Struct):
-    images: list[CocoImage]
+    images: list[ImageInfo]
     annotations: list[CocoAnnotation]
-    categories: list[CocoCategory] = []
+    categories: list[CategoryInfo] = []
 
 
 class CocoResult(msgspec.Struct, gc=False):
@@ -73,9 +78,14 @@ class CocoResult(msgspec.Struct, gc=False):
 class Table:
     """One input as columns; row i is one ground-truth object or one detection.
 
-    image_codes[i] indexes `image_refs` (file names, paths or COCO ids); category_codes[i] indexes
+    image_codes[i] indexes `image_refs` (file names, paths or ids); category_codes[i] indexes
     `category_refs` (ids or names) and is -1 for a row that only lists an image. `boxes` is (n, 4)
     xywh float64 or None; `polygons` is a `Polygons` (every row's parts, columnar) or None.
+
+    Optional, for any format: `images`, every image of the input (also those without rows), with
+    `image_refs` then being their ids; `categories`, the category list category refs must be in;
+    `image_refs_are_ids`, refs that join to another input's image ids (COCO results) rather than
+    by file name. `normalised`: coordinates are fractions of the image's width and height (YOLO).
     """
 
     uri: str
@@ -89,34 +99,14 @@ class Table:
     boxes: np.ndarray | None = None
     polygons: Polygons | None = None
     iscrowd: np.ndarray | None = None
-    # COCO ground truth only: every image (also those without objects), and the categories.
-    coco_images: list[CocoImage] | None = None
-    coco_categories: list[CocoCategory] = field(default_factory=list)
-    is_coco: bool = False
+    images: list[ImageInfo] | None = None
+    categories: list[CategoryInfo] | None = None
+    image_refs_are_ids: bool = False
+    normalised: bool = False
 
     @property
     def rows(self) -> int:
         return len(self.image_codes)
-
-
-# -- format detection ------------------------------------------------------------------------------
-
-_EXTENSIONS = {".json": "coco", ".csv": "csv", ".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl"}
-
-
-def detect_format(blob: Blob, requested: str) -> str:
-    if requested != "auto":
-        return requested
-    if blob.data[:4] == b"PAR1":
-        return "parquet"
-    name = blob.uri.rsplit("/", 1)[-1].lower()
-    for ext, fmt in _EXTENSIONS.items():
-        if name.endswith(ext) or name.endswith(ext + ".gz"):
-            return fmt
-    head = blob.data[:64].lstrip()[:1]
-    if head in (b"[", b"{"):
-        return "coco"
-    raise InputDataError(f"{blob.uri}: cannot tell the format from the name or content; set EVAL_FORMAT")
 
 
 GZIP_MAGIC = b"\x1f\x8b"
@@ -319,7 +309,7 @@ def read_coco_ground_truth(blob: Blob) -> Table:
         image_codes=image_codes, image_refs=image_refs,
         category_codes=category_codes, category_refs=category_refs,
         boxes=boxes, polygons=polygons, iscrowd=iscrowd,
-        coco_images=images, coco_categories=categories, is_coco=True,
+        images=images, categories=categories, image_refs_are_ids=True,
     )
 
 
@@ -364,7 +354,7 @@ def read_coco_results(blob: Blob) -> Table:
         image_codes=image_codes, image_refs=image_refs,
         category_codes=category_codes, category_refs=category_refs,
         score=score, boxes=boxes, polygons=polygons,
-        iscrowd=np.zeros(score.size, dtype=bool), is_coco=True,
+        iscrowd=np.zeros(score.size, dtype=bool), image_refs_are_ids=True,
     )
 
 
@@ -501,7 +491,17 @@ def _dictionary(table, name: str, uri: str, *, our: str, nullable: bool = False)
         col = col.dictionary_encode()
     codes = col.indices.to_numpy(zero_copy_only=False)
     codes = np.where(col.is_null().to_numpy(zero_copy_only=False), -1, codes).astype(np.int64)
-    return codes, col.dictionary.to_pylist()
+    values = col.dictionary.to_pylist()
+    # A CSV's empty cell in a text column is "", not null: a blank value is a missing one.
+    blank = np.array([isinstance(v, str) and not v.strip() for v in values], dtype=bool)
+    if blank.any():
+        is_blank = (codes >= 0) & blank[np.maximum(codes, 0)]
+        if not nullable and is_blank.any():
+            raise InputDataError(f"{uri}: row {int(np.flatnonzero(is_blank)[0]) + 1}, column {name!r}: missing value")
+        remap = np.where(blank, -1, np.cumsum(~blank) - 1)
+        codes = np.where(codes >= 0, remap[np.maximum(codes, 0)], -1)
+        values = [v for v, b in zip(values, blank) if not b]
+    return codes, values
 
 
 def _table_polygons(table, name: str, uri: str) -> Polygons | None:
@@ -560,10 +560,3 @@ def read_table(blob: Blob, fmt: str, columns, *, predictions: bool) -> Table:
         score=score, boxes=boxes, polygons=_table_polygons(table, columns("polygon"), uri),
         iscrowd=np.zeros(len(image_codes), dtype=bool),
     )
-
-
-def read_input(blob: Blob, fmt: str, columns, *, predictions: bool) -> Table:
-    fmt = detect_format(blob, fmt)
-    if fmt == "coco":
-        return read_coco_results(blob) if predictions else read_coco_ground_truth(blob)
-    return read_table(blob, fmt, columns, predictions=predictions)

@@ -71,6 +71,8 @@ class Alignment(BaseModel):
     matched_images: int
     unmatched_prediction_images: UnmatchedImages = Field(description="prediction images not in the annotations: excluded")
     annotated_images_without_predictions: int = Field(description="their ground truth counts as missed")
+    collapsed_prediction_rows: int = Field(
+        0, description="image-level only: rows after the first for the same (image, class), folded into its maximum score")
 
 
 class Matching(BaseModel):
@@ -78,6 +80,9 @@ class Matching(BaseModel):
     iou_threshold: float
     policy: str
     iou_thresholds: list[float] | None = Field(None, description="EVAL_IOU_THRESHOLDS: the extra IoUs AP is reported at")
+    coordinates: Literal["pixels", "normalised"] = Field(
+        "pixels", description="'normalised': fractions of the image size (YOLO without image sizes); IoU is unchanged")
+    coordinates_note: str | None = Field(None, description="why pixel areas are unknown, where they are")
 
 
 class Nms(BaseModel):

@@ -2,27 +2,32 @@
 
 import json
 import math
-import re
 from typing import Annotated, Literal
 
 import numpy as np
 
-from pydantic import Field, field_validator
+from pydantic import Field, PlainSerializer, PlainValidator, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from common.settings import check_uri
+from jobs.evaluate.formats import REGISTRY
+from jobs.evaluate.sweep import Policy
 
 TABLE_COLUMNS = ("image", "category", "score", "bbox_x", "bbox_y", "bbox_w", "bbox_h", "polygon")
-Format = Literal["auto", "coco", "csv", "parquet", "jsonl"]
+# The EVAL_FORMAT values: 'auto' and every format in the registry.
+Format = Literal[("auto", *REGISTRY)]
 MAX_IOU_THRESHOLDS = 1001  # 0.001 steps over (0, 1]; more only costs memory and report size
-POLICY_PATTERN = re.compile(r"^(f1|fbeta:(?P<beta>[0-9.]+)|precision>=(?P<p>[0-9.]+)|recall>=(?P<r>[0-9.]+))$")
+# EVAL_POLICY is parsed once, here; the report and --help show its text.
+PolicySetting = Annotated[Policy, NoDecode, PlainValidator(Policy.parse), PlainSerializer(str, return_type=str)]
 
 
 class EvalSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="EVAL_", case_sensitive=False, extra="ignore")
 
-    predictions_uri: str = Field(description="Model predictions: s3://bucket/key or a local path (COCO results JSON, CSV, Parquet, JSONL).")
-    annotations_uri: str = Field(description="Ground truth: s3://bucket/key or a local path (COCO JSON, CSV, Parquet, JSONL).")
+    predictions_uri: str = Field(description="Model predictions: s3://bucket/key or a local path (COCO results JSON, CSV, Parquet, "
+                                 "JSONL), or a folder / S3 prefix / .zip / .tar.gz of YOLO .txt files.")
+    annotations_uri: str = Field(description="Ground truth: s3://bucket/key or a local path (COCO JSON, CSV, Parquet, JSONL), "
+                                 "or a folder / S3 prefix / .zip / .tar.gz of YOLO .txt files.")
     output_uri: str = Field(description="Output prefix (s3://bucket/prefix or a folder); the report is <prefix>/thresholds.json.")
     iou_threshold: float = Field(0.5, gt=0.0, le=1.0, description="A detection matches a ground truth at IoU >= this.")
     iou_thresholds: Annotated[list[float], NoDecode] = Field(
@@ -31,9 +36,18 @@ class EvalSettings(BaseSettings):
         "(stop included), e.g. 0.5:0.95:0.05 for COCO AP@[.5:.95]; at most 1001 thresholds. Each class then reports AP at each and their "
         "mean beside its EVAL_IOU_THRESHOLD results. Empty: off.",
     )
-    format: Format = Field("auto", description="Input format of both files; 'auto' detects from the extension and content.")
+    format: Format = Field(
+        "auto",
+        description=f"Input format of both inputs: {', '.join(REGISTRY)}; 'auto' detects it from the leading bytes, "
+        "the extension, then the content (a folder, S3 prefix or .zip/.tar.gz of .txt files: yolo).",
+    )
     predictions_format: Format | None = Field(None, description="Overrides EVAL_FORMAT for the predictions file.")
     annotations_format: Format | None = Field(None, description="Overrides EVAL_FORMAT for the annotations file.")
+    class_names_uri: str | None = Field(
+        None,
+        description="YOLO class names: an Ultralytics data YAML (`names:` a list or id: name) or a text file "
+        "with one name per line (ids from 0), s3:// or a path. Unset: classes are their ids.",
+    )
     columns: dict[str, str] = Field(
         default_factory=dict,
         description="Table column names, as JSON mapping our name to yours, e.g. "
@@ -46,8 +60,8 @@ class EvalSettings(BaseSettings):
     iou_type: Literal["auto", "bbox", "polygon"] = Field(
         "auto", description="'auto' uses polygon IoU when both sides carry polygons, else boxes."
     )
-    policy: str = Field(
-        "f1",
+    policy: PolicySetting = Field(
+        "f1", validate_default=True,
         description="Operating point per class: 'f1', 'fbeta:B', 'precision>=P' (most recall at that precision) "
         "or 'recall>=R' (most precision at that recall).",
     )
@@ -126,6 +140,11 @@ class EvalSettings(BaseSettings):
     def _prefix_uri(cls, value: str) -> str:
         return check_uri(value, needs_key=False)
 
+    @field_validator("class_names_uri")
+    @classmethod
+    def _names_uri(cls, value: str | None) -> str | None:
+        return value if value is None else check_uri(value, needs_key=True)
+
     @field_validator("baseline_uri")
     @classmethod
     def _baseline_uri(cls, value: str | None) -> str | None:
@@ -175,19 +194,6 @@ class EvalSettings(BaseSettings):
         if len(set(value)) != len(value):
             raise ValueError("IoU thresholds must be distinct")
         return value
-
-    @field_validator("policy")
-    @classmethod
-    def _valid_policy(cls, value: str) -> str:
-        match = POLICY_PATTERN.match(value.strip().replace(" ", ""))
-        if not match:
-            raise ValueError("expected f1, fbeta:B, precision>=P or recall>=R")
-        if match["beta"] is not None and not float(match["beta"]) > 0:
-            raise ValueError("beta must be > 0")
-        for bound in (match["p"], match["r"]):
-            if bound is not None and not 0.0 < float(bound) <= 1.0:
-                raise ValueError("the bound must be in (0, 1]")
-        return match.group(0)
 
     def column(self, name: str) -> str:
         return self.columns.get(name, name)

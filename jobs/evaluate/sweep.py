@@ -8,14 +8,62 @@ recall and F1 come from raw counts there, never from the interpolated precision 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
-from jobs.evaluate.settings import POLICY_PATTERN
-
 # COCO's 101 recall points, built exactly as pycocotools builds them.
 RECALL_THRESHOLDS = np.linspace(0.0, 1.00, int(np.round((1.00 - 0.0) / 0.01)) + 1, endpoint=True)
+
+
+_POLICY = re.compile(r"^(f1|fbeta:(?P<beta>[0-9.]+)|precision>=(?P<p>[0-9.]+)|recall>=(?P<r>[0-9.]+))$")
+
+
+@dataclass(frozen=True)
+class Policy:
+    """How a class's operating point is chosen (EVAL_POLICY), parsed once from its text.
+
+    `fbeta`: the most F-beta (beta = `value`; `f1` is beta 1); `precision`: the most recall at
+    precision >= `value`; `recall`: the most precision at recall >= `value`.
+    """
+
+    kind: Literal["fbeta", "precision", "recall"]
+    value: float
+    text: str  # the normalised spelling, as reports record it
+
+    @classmethod
+    def parse(cls, text: "str | Policy") -> "Policy":
+        """Raises ValueError (the settings turn it into a config error naming EVAL_POLICY)."""
+        if isinstance(text, Policy):
+            return text
+        spelled = str(text).strip().replace(" ", "")
+        match = _POLICY.match(spelled)
+        if not match:
+            raise ValueError("expected f1, fbeta:B, precision>=P or recall>=R")
+        if spelled == "f1":
+            return cls("fbeta", 1.0, spelled)
+        if match["beta"] is not None:
+            beta = _number(match["beta"])
+            if not beta > 0:
+                raise ValueError("beta must be > 0")
+            return cls("fbeta", beta, spelled)
+        kind, bound = ("precision", match["p"]) if match["p"] is not None else ("recall", match["r"])
+        value = _number(bound)
+        if not 0.0 < value <= 1.0:
+            raise ValueError("the bound must be in (0, 1]")
+        return cls(kind, value, spelled)
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def _number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:  # '1.2.3' passes the pattern
+        raise ValueError(f"{text!r} is not a number") from None
 
 
 @dataclass
@@ -68,23 +116,20 @@ def sweep_thresholds(scores_sorted: np.ndarray, tp_sorted: np.ndarray, n_ground_
     return Sweep(scores_sorted[last], tp_cum[last], fp_cum[last], n_ground_truth)
 
 
-def choose_operating_point(sweep: Sweep, policy: str) -> int | None:
+def choose_operating_point(sweep: Sweep, policy: Policy) -> int | None:
     """Index into `sweep` of the chosen threshold, or None when the policy cannot be met.
 
     Ties go to the higher score (the earlier index): the same quality with fewer detections.
     """
     if sweep.thresholds.size == 0 or sweep.n_ground_truth == 0:
         return None
-    match = POLICY_PATTERN.match(policy)
-    if policy == "f1":
-        return int(np.argmax(sweep.fbeta_score(1.0)))
-    if match["beta"] is not None:
-        return int(np.argmax(sweep.fbeta_score(float(match["beta"]))))
-    if match["p"] is not None:
-        feasible = np.flatnonzero(sweep.precision >= float(match["p"]))
+    if policy.kind == "fbeta":
+        return int(np.argmax(sweep.fbeta_score(policy.value)))
+    if policy.kind == "precision":
+        feasible = np.flatnonzero(sweep.precision >= policy.value)
         objective = sweep.recall
     else:
-        feasible = np.flatnonzero(sweep.recall >= float(match["r"]))
+        feasible = np.flatnonzero(sweep.recall >= policy.value)
         objective = sweep.precision
     if feasible.size == 0:
         return None

@@ -10,6 +10,7 @@ from jobs.evaluate.job import load_inputs
 from jobs.evaluate.match import match_detections
 from jobs.evaluate.settings import EvalSettings
 from jobs.evaluate.split import holdout_mask, take_images
+from jobs.evaluate.sweep import Policy
 from tests.evaluate.helpers import evaluate, make_coco_case, write_case
 
 
@@ -38,16 +39,16 @@ def test_holdout_mask_is_seeded_and_sized():
 def test_taking_every_image_changes_nothing(tmp_path, monkeypatch):
     _, aligned, matches = prepared(tmp_path, monkeypatch)
     sub, sub_matches = take_images(aligned, matches, np.arange(aligned.n_images))
-    want = evaluate_classes(aligned, matches, policy="f1", min_support=1)
-    got = evaluate_classes(sub, sub_matches, policy="f1", min_support=1)
+    want = evaluate_classes(aligned, matches, policy=Policy.parse("f1"), min_support=1)
+    got = evaluate_classes(sub, sub_matches, policy=Policy.parse("f1"), min_support=1)
     assert got == want
 
 
 def test_duplicated_images_double_the_counts(tmp_path, monkeypatch):
     _, aligned, matches = prepared(tmp_path, monkeypatch)
     twice = np.repeat(np.arange(aligned.n_images), 2)
-    base, _ = evaluate_classes(aligned, matches, policy="f1", min_support=1)
-    doubled, _ = evaluate_classes(*take_images(aligned, matches, twice), policy="f1", min_support=1)
+    base, _ = evaluate_classes(aligned, matches, policy=Policy.parse("f1"), min_support=1)
+    doubled, _ = evaluate_classes(*take_images(aligned, matches, twice), policy=Policy.parse("f1"), min_support=1)
     for b, d in zip(base, doubled):
         assert d.n_ground_truth == 2 * b.n_ground_truth and d.n_predictions == 2 * b.n_predictions
         assert d.threshold == b.threshold and d.f1 == pytest.approx(b.f1) if b.f1 is not None else True
@@ -55,7 +56,7 @@ def test_duplicated_images_double_the_counts(tmp_path, monkeypatch):
 
 def test_at_thresholds_on_the_same_images_reproduces_the_choice(tmp_path, monkeypatch):
     _, aligned, matches = prepared(tmp_path, monkeypatch)
-    chosen, summary = evaluate_classes(aligned, matches, policy="f1", min_support=3)
+    chosen, summary = evaluate_classes(aligned, matches, policy=Policy.parse("f1"), min_support=3)
     again, again_summary = evaluate_at_thresholds(aligned, matches, chosen, global_threshold=summary.global_threshold)
     assert again == chosen and again_summary == summary
 
@@ -67,7 +68,7 @@ def test_job_chooses_on_selection_and_reports_held_out(tmp_path, monkeypatch):
     mask = holdout_mask(aligned.n_images, fraction=0.25, seed=5)
     assert (h.fraction, h.seed, h.unit) == (0.25, 5, "image")
     assert (h.selection_images, h.evaluation_images) == (90, 30)
-    chosen, sel_summary = evaluate_classes(*take_images(aligned, matches, np.flatnonzero(~mask)), policy="f1", min_support=1)
+    chosen, sel_summary = evaluate_classes(*take_images(aligned, matches, np.flatnonzero(~mask)), policy=Policy.parse("f1"), min_support=1)
     assert h.selection_classes == chosen and h.selection_summary == sel_summary
     held, _ = evaluate_at_thresholds(*take_images(aligned, matches, np.flatnonzero(mask)), chosen,
                                      global_threshold=sel_summary.global_threshold)
