@@ -37,6 +37,8 @@ Box = tuple[float, float, float, float]  # x, y, width, height; a tuple is one a
 class CocoImage(msgspec.Struct, gc=False):
     id: int | str
     file_name: str | None = None
+    height: int | None = None  # needed to rasterise polygons and check RLE sizes (EVAL_IOU_TYPE=segm)
+    width: int | None = None
 
 
 class CocoAnnotation(msgspec.Struct, gc=False):
@@ -45,6 +47,7 @@ class CocoAnnotation(msgspec.Struct, gc=False):
     bbox: Box | None = None
     iscrowd: int | bool = 0
     segmentation: msgspec.Raw = NO_SEGMENTATION
+    area: float | None = None  # COCO's area ranges use it, as pycocotools does
 
 
 class CocoCategory(msgspec.Struct):
@@ -89,6 +92,11 @@ class Table:
     boxes: np.ndarray | None = None
     polygons: Polygons | None = None
     iscrowd: np.ndarray | None = None
+    # COCO only: each row's segmentation as raw JSON (masks.py reads it under EVAL_IOU_TYPE=segm),
+    # and which rows hold RLE (a dict) rather than polygons; ground truth also its `area` per row.
+    segmentations: list[msgspec.Raw] | None = None
+    rle_rows: np.ndarray | None = None
+    area: np.ndarray | None = None
     # COCO ground truth only: every image (also those without objects), and the categories.
     coco_images: list[CocoImage] | None = None
     coco_categories: list[CocoCategory] = field(default_factory=list)
@@ -230,23 +238,24 @@ _SEGMENTATION = msgspec.json.Decoder(list[list[float]] | dict | None)
 _ROWS_PER_CHUNK = 2000
 
 
-def _polygons(segmentations: list[msgspec.Raw], uri: str, where: str) -> Polygons | None:
-    """Every row's polygon parts as one `Polygons`; None when no row has a polygon.
+def _polygons(segmentations: list[msgspec.Raw], uri: str, where: str) -> tuple[Polygons | None, np.ndarray]:
+    """Every row's polygon parts as one `Polygons` (None when no row has a polygon), and the rows
+    whose segmentation is RLE.
 
     The segmentations were kept as raw JSON while the file was decoded; they are decoded here a
     chunk of rows at a time and flattened into arrays. RLE (dict) and missing segmentations have
-    no parts; matching uses the row's box for them.
+    no parts; RLE is read by masks.py (EVAL_IOU_TYPE=segm) and refused where it cannot be used.
     """
     if segmentations.count(NO_SEGMENTATION) == len(segmentations):
-        return None
-    polygons = Polygons.concatenate([
-        _polygon_chunk(segmentations[start:start + _ROWS_PER_CHUNK], start, uri, where)
-        for start in range(0, len(segmentations), _ROWS_PER_CHUNK)
-    ])
-    return polygons if polygons.part_start.size > 1 else None
+        return None, np.zeros(0, np.int64)
+    chunks = [_polygon_chunk(segmentations[start:start + _ROWS_PER_CHUNK], start, uri, where)
+              for start in range(0, len(segmentations), _ROWS_PER_CHUNK)]
+    polygons = Polygons.concatenate([p for p, _ in chunks])
+    rle_rows = np.concatenate([r for _, r in chunks])
+    return (polygons if polygons.part_start.size > 1 else None), rle_rows
 
 
-def _polygon_chunk(raws: list[msgspec.Raw], first_row: int, uri: str, where: str) -> Polygons:
+def _polygon_chunk(raws: list[msgspec.Raw], first_row: int, uri: str, where: str) -> tuple[Polygons, np.ndarray]:
     try:
         segmentations = _SEGMENTATIONS.decode(b"[" + b",".join(raws) + b"]")
     except msgspec.ValidationError:
@@ -256,6 +265,8 @@ def _polygon_chunk(raws: list[msgspec.Raw], first_row: int, uri: str, where: str
             except msgspec.ValidationError as exc:
                 raise InputDataError(f"{uri}: {where}[{first_row + i}].segmentation: {_describe_validation(exc)}") from None
         raise
+    rle_rows = first_row + np.flatnonzero(np.fromiter((isinstance(seg, dict) for seg in segmentations), dtype=bool,
+                                                       count=len(segmentations)))
     # All parts of all rows as one flat array, checked at once.
     rows = [seg if isinstance(seg, list) else [] for seg in segmentations]
     n_parts = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
@@ -269,7 +280,12 @@ def _polygon_chunk(raws: list[msgspec.Raw], first_row: int, uri: str, where: str
     if bad.size:
         row = first_row + int(np.searchsorted(np.cumsum(n_parts), bad[0], side="right"))
         raise InputDataError(f"{uri}: {where}[{row}].segmentation: a polygon needs >= 3 finite x, y pairs")
-    return Polygons.from_flat(flat, sizes, n_parts)
+    return Polygons.from_flat(flat, sizes, n_parts), rle_rows
+
+
+def _kept(segmentations: list[msgspec.Raw]) -> list[msgspec.Raw] | None:
+    """The raw segmentations, or None when no row has one."""
+    return None if segmentations.count(NO_SEGMENTATION) == len(segmentations) else segmentations
 
 
 def read_coco_ground_truth(blob: Blob) -> Table:
@@ -279,8 +295,11 @@ def read_coco_ground_truth(blob: Blob) -> Table:
         image_codes, image_refs = _id_codes([_ids(anns, "image_id")])
         category_codes, category_refs = _id_codes([_ids(anns, "category_id")])
         boxes = _box_column(anns, blob.uri, "annotations", optional=False)
-        polygons = _polygons(list(map(attrgetter("segmentation"), anns)), blob.uri, "annotations")
+        segmentations = list(map(attrgetter("segmentation"), anns))
+        polygons, rle_rows = _polygons(segmentations, blob.uri, "annotations")
         iscrowd = np.fromiter(map(bool, map(attrgetter("iscrowd"), anns)), dtype=bool, count=len(anns))
+        area = np.fromiter((np.nan if a is None else a for a in map(attrgetter("area"), anns)), dtype=np.float64,
+                           count=len(anns))
         images, categories = gt.images, gt.categories
         # Free the decoded objects while the GC is paused: re-enabled, it would scan them all once.
         del gt, anns
@@ -288,7 +307,8 @@ def read_coco_ground_truth(blob: Blob) -> Table:
         uri=blob.uri, format="coco", version=blob.version,
         image_codes=image_codes, image_refs=image_refs,
         category_codes=category_codes, category_refs=category_refs,
-        boxes=boxes, polygons=polygons, iscrowd=iscrowd,
+        boxes=boxes, polygons=polygons, iscrowd=iscrowd, area=area,
+        segmentations=_kept(segmentations), rle_rows=rle_rows,
         coco_images=images, coco_categories=categories, is_coco=True,
     )
 
@@ -320,7 +340,8 @@ def read_coco_results(blob: Blob) -> Table:
         chunks = [_results(raws[first:first + _ROWS_PER_CHUNK], first, blob.uri)
                   for first in range(0, len(raws), _ROWS_PER_CHUNK)]
         del raws
-        polygons = _polygons([seg for chunk in chunks for seg in chunk.segmentations], blob.uri, "")
+        segmentations = [seg for chunk in chunks for seg in chunk.segmentations]
+        polygons, rle_rows = _polygons(segmentations, blob.uri, "")
     image_codes, image_refs = _id_codes([chunk.image_ids for chunk in chunks])
     category_codes, category_refs = _id_codes([chunk.category_ids for chunk in chunks])
     score = np.concatenate([chunk.score for chunk in chunks]) if chunks else np.zeros(0)
@@ -334,6 +355,7 @@ def read_coco_results(blob: Blob) -> Table:
         category_codes=category_codes, category_refs=category_refs,
         score=score, boxes=boxes, polygons=polygons,
         iscrowd=np.zeros(score.size, dtype=bool), is_coco=True,
+        segmentations=_kept(segmentations), rle_rows=rle_rows,
     )
 
 

@@ -3,6 +3,7 @@
 import json
 import math
 import re
+from enum import Enum
 from typing import Annotated, Literal
 
 import numpy as np
@@ -16,6 +17,15 @@ TABLE_COLUMNS = ("image", "category", "score", "bbox_x", "bbox_y", "bbox_w", "bb
 Format = Literal["auto", "coco", "csv", "parquet", "jsonl"]
 MAX_IOU_THRESHOLDS = 1001  # 0.001 steps over (0, 1]; more only costs memory and report size
 POLICY_PATTERN = re.compile(r"^(f1|fbeta:(?P<beta>[0-9.]+)|precision>=(?P<p>[0-9.]+)|recall>=(?P<r>[0-9.]+))$")
+
+
+class IouType(str, Enum):
+    """EVAL_IOU_TYPE: what a detection's overlap with a ground truth is measured on."""
+
+    AUTO = "auto"  # segm when both sides carry segmentations and image sizes are known; else polygon, else bbox
+    BBOX = "bbox"
+    SEGM = "segm"  # COCO masks, exactly as pycocotools iouType='segm'
+    POLYGON = "polygon"  # exact polygon IoU, for polygon-only inputs without image sizes
 
 
 class EvalSettings(BaseSettings):
@@ -43,8 +53,12 @@ class EvalSettings(BaseSettings):
         "basename",
         description="How image names join: 'basename' (lower-cased file name without folders or extension) or 'exact'.",
     )
-    iou_type: Literal["auto", "bbox", "polygon"] = Field(
-        "auto", description="'auto' uses polygon IoU when both sides carry polygons, else boxes."
+    iou_type: IouType = Field(
+        IouType.AUTO,
+        description="'segm': COCO masks (polygons and RLE rasterised at each image's height x width, as pycocotools "
+        "iouType='segm'); 'polygon': exact polygon IoU (polygons only, no image sizes needed); 'bbox': boxes. 'auto': "
+        "segm when both sides carry segmentations and the images have sizes, else polygon when both carry polygons, "
+        "else bbox.",
     )
     policy: str = Field(
         "f1",

@@ -1,0 +1,171 @@
+"""COCO masks (EVAL_IOU_TYPE=segm): segmentations as pycocotools RLEs, and mask IoU as COCO computes it.
+
+Every segmentation becomes one compressed RLE at its image's height x width, as pycocotools'
+`annToRLE` makes it: polygons are rasterised by `frPyObjects` (several parts merged into their
+union), uncompressed RLE (`counts` a list) is compressed, compressed RLE (`counts` a string) is
+kept. pycocotools' `mask` module is the codec and computes IoU and areas; it checks nothing, and
+an RLE whose counts do not cover the image makes its C code read or write out of bounds, so every
+RLE is checked here first (size, characters, counts summing to height x width), in numpy over
+all the strings at once.
+"""
+
+from __future__ import annotations
+
+import msgspec
+import numpy as np
+
+from common.errors import InputDataError
+
+
+class Rle(msgspec.Struct, gc=False):
+    size: tuple[int, int]
+    counts: str | list[int]
+
+
+_SEGMENTATIONS = msgspec.json.Decoder(list[list[list[float]] | Rle | None])
+_SEGMENTATION = msgspec.json.Decoder(list[list[float]] | Rle | None)
+_ROWS_PER_CHUNK = 2000
+# The characters of COCO's compressed counts: 6-bit values offset by 48 ('0' .. 'o').
+_FIRST, _LAST = 48, 48 + 63
+# Characters per count: pycocotools shifts an int by 5 bits a character, so 6 are all it can read.
+_MAX_CHARS_PER_COUNT = 6
+
+
+def to_rles(raws: list, rows: np.ndarray, height: np.ndarray, width: np.ndarray, uri: str, where: str) -> np.ndarray:
+    """One compressed RLE dict ({'size': [h, w], 'counts': bytes}) per segmentation, as an object array.
+
+    raws: raw JSON segmentations; rows: their row numbers in the file (for messages); height,
+    width: (n,) the image size of each. Raises InputDataError naming the first unusable row.
+    """
+    from pycocotools import mask as mask_utils
+
+    out = np.empty(len(raws), dtype=object)
+    for start in range(0, len(raws), _ROWS_PER_CHUNK):
+        stop = min(start + _ROWS_PER_CHUNK, len(raws))
+        segs = _decode(raws[start:stop], rows[start:stop], uri, where)
+        h, w = height[start:stop].tolist(), width[start:stop].tolist()
+        where_row = lambda i: f"{uri}: {where}[{rows[start + i]}].segmentation"  # noqa: E731
+        compressed = [i for i, s in enumerate(segs) if isinstance(s, Rle) and isinstance(s.counts, str)]
+        _check_compressed([segs[i] for i in compressed], [h[i] for i in compressed], [w[i] for i in compressed],
+                          lambda k: where_row(compressed[k]))
+        for i, seg in enumerate(segs):
+            if seg is None:
+                raise InputDataError(f"{where_row(i)}: missing; EVAL_IOU_TYPE=segm needs a segmentation on every row "
+                                     "(EVAL_IOU_TYPE=bbox evaluates the boxes)")
+            if isinstance(seg, list):  # polygon parts: rasterised, several merged into their union
+                parts = mask_utils.frPyObjects(seg, h[i], w[i])
+                out[start + i] = parts[0] if len(parts) == 1 else mask_utils.merge(parts)
+                continue
+            if list(seg.size) != [h[i], w[i]]:
+                raise InputDataError(f"{where_row(i)}: RLE size {list(seg.size)} is not the image's [height, width] "
+                                     f"[{h[i]}, {w[i]}]")
+            if isinstance(seg.counts, str):
+                out[start + i] = {"size": [h[i], w[i]], "counts": seg.counts.encode()}
+                continue
+            counts = np.asarray(seg.counts, dtype=np.int64)
+            if (counts < 0).any() or int(counts.sum()) != h[i] * w[i]:
+                raise InputDataError(f"{where_row(i)}: RLE counts must be >= 0 and sum to height x width "
+                                     f"= {h[i] * w[i]}, got sum {int(counts.sum())}")
+            out[start + i] = mask_utils.frPyObjects({"size": [h[i], w[i]], "counts": seg.counts}, h[i], w[i])
+    return out
+
+
+def _decode(raws: list, rows: np.ndarray, uri: str, where: str) -> list:
+    try:
+        return _SEGMENTATIONS.decode(b"[" + b",".join(raws) + b"]")
+    except msgspec.ValidationError:
+        for i, raw in enumerate(raws):  # name the row
+            try:
+                _SEGMENTATION.decode(raw)
+            except msgspec.ValidationError as exc:
+                detail = str(exc).replace(" - at `$", " at `")
+                raise InputDataError(f"{uri}: {where}[{rows[i]}].segmentation: {detail} (polygons: lists of x, y; "
+                                     "RLE: {\"size\": [h, w], \"counts\": ...})") from None
+        raise
+
+
+def _check_compressed(segs: list[Rle], heights: list[int], widths: list[int], locate) -> None:
+    """Check COCO compressed counts strings: valid characters, whole counts, counts >= 0 that sum
+    to h x w. Decodes them as pycocotools' rleFrString does (5 bits per character, a continuation
+    bit, a sign bit, counts after the third as differences to the count two before), vectorised."""
+    if not segs:
+        return
+    texts = [s.counts.encode() for s in segs]
+    lengths = np.fromiter(map(len, texts), dtype=np.int64, count=len(texts))
+    chars = np.frombuffer(b"".join(texts), dtype=np.uint8).astype(np.int64)
+    row_of_char = np.repeat(np.arange(len(texts)), lengths)
+    bad = np.flatnonzero((chars < _FIRST) | (chars > _LAST))
+    if bad.size:
+        k = int(row_of_char[bad[0]])
+        raise InputDataError(f"{locate(k)}: RLE counts has a character outside '0'..'o': "
+                             f"{chr(chars[bad[0]])!r} at {int(bad[0] - lengths[:k].sum())}")
+    c = chars - _FIRST
+    last_of_count = (c & 0x20) == 0
+    ends = np.cumsum(lengths)
+    unfinished = np.flatnonzero((lengths > 0) & ~last_of_count[np.maximum(ends - 1, 0)])
+    if unfinished.size:
+        raise InputDataError(f"{locate(int(unfinished[0]))}: RLE counts ends inside a count (truncated string)")
+    # A count starts after the last character of the previous one, or at the start of its string.
+    starts_count = np.r_[True, last_of_count[:-1]]
+    starts_count[ends[lengths > 0][:-1]] = True
+    first = np.flatnonzero(starts_count)
+    n_chars = np.diff(np.r_[first, chars.size])
+    too_long = np.flatnonzero(n_chars > _MAX_CHARS_PER_COUNT)
+    if too_long.size:
+        raise InputDataError(f"{locate(int(row_of_char[first[too_long[0]]]))}: RLE counts has a count longer than "
+                             f"{_MAX_CHARS_PER_COUNT} characters")
+    position = np.arange(chars.size) - np.repeat(first, n_chars)
+    value = np.add.reduceat((c & 0x1F) << (5 * position), first) if first.size else np.zeros(0, np.int64)
+    negative = (c[first + n_chars - 1] & 0x10) != 0
+    value = np.where(negative, value - (1 << (5 * n_chars)), value)
+    # Counts two apart are differences from index 3 on: cumulative sums per (string, parity), index >= 1.
+    row = row_of_char[first]
+    index = np.arange(first.size) - np.repeat(np.searchsorted(row, np.arange(len(texts))), np.bincount(row, minlength=len(texts)))
+    order = np.lexsort((index, index % 2, row))
+    key = (row * 2 + index % 2)[order]
+    delta = np.where(index[order] == 0, 0, value[order])
+    total = np.cumsum(delta)
+    group_start = np.flatnonzero(np.r_[True, key[1:] != key[:-1]]) if key.size else np.zeros(0, np.int64)
+    counts = np.empty(first.size, dtype=np.int64)
+    counts[order] = total - np.repeat(total[group_start] - delta[group_start], np.diff(np.r_[group_start, key.size]))
+    counts[index == 0] = value[index == 0]
+    negative_count = np.flatnonzero(counts < 0)
+    if negative_count.size:
+        raise InputDataError(f"{locate(int(row[negative_count[0]]))}: RLE counts decodes to a negative count")
+    sums = np.bincount(row, weights=counts, minlength=len(texts))
+    expected = np.asarray(heights, dtype=np.float64) * np.asarray(widths, dtype=np.float64)
+    wrong = np.flatnonzero(sums != expected)
+    if wrong.size:
+        k = int(wrong[0])
+        raise InputDataError(f"{locate(k)}: RLE counts sum to {int(sums[k])}, not height x width = {int(expected[k])}")
+
+
+def mask_areas(rles: np.ndarray) -> np.ndarray:
+    """(n,) float64 pixel areas of the RLEs."""
+    from pycocotools import mask as mask_utils
+
+    return mask_utils.area(list(rles)).astype(np.float64) if len(rles) else np.zeros(0)
+
+
+def mask_iou_pairs(det: np.ndarray, gt: np.ndarray, pair_det: np.ndarray, pair_gt: np.ndarray, crowd: np.ndarray,
+                   pair_group: np.ndarray) -> np.ndarray:
+    """pycocotools' mask IoU of (det row, gt row) pairs (crowd: intersection / detection area).
+
+    The pairs come in blocks, one per (image, class) group (`pair_group`), each all detections x
+    all ground truths of the group, detection-major: pycocotools computes each block as one matrix.
+    """
+    from pycocotools import mask as mask_utils
+
+    iou = np.zeros(pair_det.size)
+    if not pair_det.size:
+        return iou
+    bounds = np.flatnonzero(np.r_[True, pair_group[1:] != pair_group[:-1], True])
+    det_list, gt_list = det.tolist(), gt.tolist()
+    for lo, hi in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
+        d_rows, g_rows = pair_det[lo:hi], pair_gt[lo:hi]
+        n_gt = int(np.count_nonzero(d_rows == d_rows[0]))
+        g = g_rows[:n_gt]
+        d = d_rows[::n_gt]
+        iou[lo:hi] = np.asarray(mask_utils.iou([det_list[i] for i in d.tolist()], [gt_list[j] for j in g.tolist()],
+                                               crowd[lo:lo + n_gt].astype(np.uint8).tolist()), dtype=np.float64).reshape(-1)
+    return iou
