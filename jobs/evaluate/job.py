@@ -169,7 +169,8 @@ def evaluate(settings: EvalSettings, run_id: str, log: structlog.BoundLogger) ->
                                         evaluation_mask=evaluation_mask, log=log)
     report = Report(
         run=RunInfo(id=run_id, started_at=started, finished_at=utc_now(), code_version=code_version(),
-                    library_versions=library_versions("numpy", "pyarrow", "msgspec", "shapely", "pydantic", "boto3")),
+                    library_versions=library_versions("numpy", "pyarrow", "msgspec", "shapely", "pycocotools", "pydantic",
+                                                      "boto3")),
         inputs={"predictions": input_info(pred, pred_fmt), "annotations": input_info(gt, gt_fmt)},
         config=public_config(settings),
         alignment=Alignment(**aligned.alignment),

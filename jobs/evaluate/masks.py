@@ -169,3 +169,21 @@ def mask_iou_pairs(det: np.ndarray, gt: np.ndarray, pair_det: np.ndarray, pair_g
         iou[lo:hi] = np.asarray(mask_utils.iou([det_list[i] for i in d.tolist()], [gt_list[j] for j in g.tolist()],
                                                crowd[lo:lo + n_gt].astype(np.uint8).tolist()), dtype=np.float64).reshape(-1)
     return iou
+
+
+def mask_iou_within(masks: np.ndarray, a: np.ndarray, b: np.ndarray, pair_group: np.ndarray) -> np.ndarray:
+    """Mask IoU of (a[k], b[k]) pairs of rows of one set (NMS), the pairs sorted by their group:
+    one pycocotools matrix per group over the rows it pairs."""
+    from pycocotools import mask as mask_utils
+
+    iou = np.zeros(a.size)
+    if not a.size:
+        return iou
+    bounds = np.flatnonzero(np.r_[True, pair_group[1:] != pair_group[:-1], True])
+    listed = masks.tolist()
+    for lo, hi in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
+        rows = np.unique(np.r_[a[lo:hi], b[lo:hi]])
+        chosen = [listed[r] for r in rows.tolist()]
+        matrix = np.asarray(mask_utils.iou(chosen, chosen, [0] * len(chosen)), dtype=np.float64).reshape(len(chosen), -1)
+        iou[lo:hi] = matrix[np.searchsorted(rows, a[lo:hi]), np.searchsorted(rows, b[lo:hi])]
+    return iou

@@ -262,3 +262,33 @@ def test_crowd_rle_under_bbox_uses_its_box(tmp_path, monkeypatch):
     assert report.matching.geometry == "bbox" and "predictions carry no segmentations" in report.matching.reason
     assert_like_oracle(report, pycocotools_oracle(gt, dets, 0.5, tmp_path))
     assert_stats(report, run_cocoeval(gt, dets, tmp_path, defaults=True))
+
+
+def test_nms_on_masks_like_a_plain_loop(tmp_path, monkeypatch):
+    """EVAL_NMS_IOU under segm: the textbook greedy loop over pycocotools' mask IoU."""
+    from pycocotools import mask as mask_utils
+
+    from jobs.evaluate.align import Objects
+    from jobs.evaluate.nms import nms_keep
+
+    rng = np.random.default_rng(5)
+    n = 60
+    image, cls, score = rng.integers(0, 3, n), rng.integers(0, 2, n), np.round(rng.random(n), 1)
+    masks = np.empty(n, dtype=object)
+    for i in range(n):
+        m = np.zeros((50, 40), bool)
+        x, y = rng.integers(0, 20, 2)
+        m[y:y + rng.integers(8, 25), x:x + rng.integers(8, 25)] = True
+        masks[i] = mask_utils.encode(np.asfortranarray(m.astype(np.uint8)))
+    det = Objects(image=image, cls=cls, boxes=None, polygons=None, crowd=np.zeros(n, bool), score=score, masks=masks)
+    keep = np.zeros(n, bool)
+    for i in np.lexsort((np.arange(n), -score)):
+        same = np.flatnonzero(keep & (image == image[i]) & (cls == cls[i]))
+        ious = np.asarray(mask_utils.iou([masks[j] for j in same], [masks[i]], [0])).reshape(-1) if same.size else []
+        keep[i] = not (np.asarray(ious) > 0.3).any()
+    assert 0 < keep.sum() < n
+    assert nms_keep(det, n_classes=2, iou_threshold=0.3, geometry="segm").tolist() == keep.tolist()
+
+    gt, dets = make_mask_case(4)
+    report = evaluate(monkeypatch, *reversed(write_case(tmp_path, gt, dets)), nms_iou="0.5")
+    assert report.nms.geometry == "segm" and report.nms.detections_after < report.nms.detections_before
