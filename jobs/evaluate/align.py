@@ -236,24 +236,10 @@ def _objects(table: Table, image: np.ndarray, cls: np.ndarray, keep: np.ndarray,
 
         rows = np.flatnonzero(keep) if keep.dtype == bool else keep
         where = "" if table.score is not None else "annotations"
-        hw = sizes[objects.image]
-        raws = table.segmentations if table.segmentations is not None else _polygon_json(table.polygons)
-        objects.masks = to_rles([raws[r] for r in rows.tolist()], rows, hw[:, 0], hw[:, 1], table.uri, where)
+        objects.masks = to_rles(table.segmentations, table.polygons, rows, objects.image, sizes, table.uri, where)
     if geometry in ("bbox", "segm"):
         objects.area = _areas(table, objects, rows=np.flatnonzero(keep) if keep.dtype == bool else keep, geometry=geometry)
     return objects
-
-
-def _polygon_json(polys: Polygons) -> list[bytes]:
-    """Each row's parts as COCO polygon JSON (a table's polygon column, for segm); b"null" without parts."""
-    import msgspec
-
-    out = []
-    for r in range(len(polys)):
-        parts = [polys.xy[polys.part_start[k]:polys.part_start[k + 1]].ravel().tolist()
-                 for k in range(polys.row_start[r], polys.row_start[r + 1])]
-        out.append(msgspec.json.encode(parts) if parts else b"null")
-    return out
 
 
 def _areas(table: Table, objects: Objects, *, rows: np.ndarray, geometry: str) -> np.ndarray:

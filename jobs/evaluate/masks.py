@@ -15,6 +15,7 @@ import msgspec
 import numpy as np
 
 from common.errors import InputDataError
+from jobs.evaluate.geometry import Polygons
 
 
 class Rle(msgspec.Struct, gc=False):
@@ -31,42 +32,81 @@ _FIRST, _LAST = 48, 48 + 63
 _MAX_CHARS_PER_COUNT = 6
 
 
-def to_rles(raws: list, rows: np.ndarray, height: np.ndarray, width: np.ndarray, uri: str, where: str) -> np.ndarray:
-    """One compressed RLE dict ({'size': [h, w], 'counts': bytes}) per segmentation, as an object array.
+def to_rles(raws: list | None, polygons: Polygons | None, rows: np.ndarray, image: np.ndarray, sizes: np.ndarray,
+            uri: str, where: str) -> np.ndarray:
+    """One compressed RLE dict ({'size': [h, w], 'counts': bytes}) per given row, as an object array.
 
-    raws: raw JSON segmentations; rows: their row numbers in the file (for messages); height,
-    width: (n,) the image size of each. Raises InputDataError naming the first unusable row.
+    raws: every row's raw JSON segmentation (None for a table); polygons: every row's polygon
+    parts as loaded (rows without parts are RLE or missing); rows: the rows wanted (their numbers
+    in the file name them in messages); image: each wanted row's image index into sizes, (n_images,
+    2) height, width. Raises InputDataError naming the first unusable row.
     """
+    out = np.empty(rows.size, dtype=object)
+    n_parts = np.diff(polygons.row_start)[rows] if polygons is not None else np.zeros(rows.size, np.int64)
+    drawn = np.flatnonzero(n_parts > 0)
+    if drawn.size:
+        out[drawn] = _rasterised(polygons, rows[drawn], image[drawn], sizes)
+    rest = np.flatnonzero(n_parts == 0)
+    for start in range(0, rest.size, _ROWS_PER_CHUNK):
+        chunk = rest[start:start + _ROWS_PER_CHUNK]
+        out[chunk] = _read_rles(raws, rows[chunk], sizes[image[chunk]], uri, where)
+    return out
+
+
+def _rasterised(polygons: Polygons, rows: np.ndarray, image: np.ndarray, sizes: np.ndarray) -> list:
+    """RLEs of polygon rows, as pycocotools' annToRLE makes them (frPyObjects, then the union of
+    the parts), one frPyObjects call per image."""
     from pycocotools import mask as mask_utils
 
-    out = np.empty(len(raws), dtype=object)
-    for start in range(0, len(raws), _ROWS_PER_CHUNK):
-        stop = min(start + _ROWS_PER_CHUNK, len(raws))
-        segs = _decode(raws[start:stop], rows[start:stop], uri, where)
-        h, w = height[start:stop].tolist(), width[start:stop].tolist()
-        where_row = lambda i: f"{uri}: {where}[{rows[start + i]}].segmentation"  # noqa: E731
-        compressed = [i for i, s in enumerate(segs) if isinstance(s, Rle) and isinstance(s.counts, str)]
-        _check_compressed([segs[i] for i in compressed], [h[i] for i in compressed], [w[i] for i in compressed],
-                          lambda k: where_row(compressed[k]))
-        for i, seg in enumerate(segs):
-            if seg is None:
-                raise InputDataError(f"{where_row(i)}: missing; EVAL_IOU_TYPE=segm needs a segmentation on every row "
-                                     "(EVAL_IOU_TYPE=bbox evaluates the boxes)")
-            if isinstance(seg, list):  # polygon parts: rasterised, several merged into their union
-                parts = mask_utils.frPyObjects(seg, h[i], w[i])
-                out[start + i] = parts[0] if len(parts) == 1 else mask_utils.merge(parts)
-                continue
-            if list(seg.size) != [h[i], w[i]]:
-                raise InputDataError(f"{where_row(i)}: RLE size {list(seg.size)} is not the image's [height, width] "
-                                     f"[{h[i]}, {w[i]}]")
-            if isinstance(seg.counts, str):
-                out[start + i] = {"size": [h[i], w[i]], "counts": seg.counts.encode()}
-                continue
-            counts = np.asarray(seg.counts, dtype=np.int64)
-            if (counts < 0).any() or int(counts.sum()) != h[i] * w[i]:
-                raise InputDataError(f"{where_row(i)}: RLE counts must be >= 0 and sum to height x width "
-                                     f"= {h[i] * w[i]}, got sum {int(counts.sum())}")
-            out[start + i] = mask_utils.frPyObjects({"size": [h[i], w[i]], "counts": seg.counts}, h[i], w[i])
+    flat = polygons.xy.reshape(-1)
+    bounds = 2 * polygons.part_start
+    out = [None] * rows.size
+    order = np.argsort(image, kind="stable")
+    cuts = np.flatnonzero(np.r_[True, image[order][1:] != image[order][:-1], True])
+    for lo, hi in zip(cuts[:-1].tolist(), cuts[1:].tolist()):
+        block = order[lo:hi].tolist()
+        h, w = sizes[image[block[0]]].tolist()
+        first, last = polygons.row_start[rows[block]].tolist(), polygons.row_start[rows[block] + 1].tolist()
+        parts = [flat[bounds[k]:bounds[k + 1]] for a, b in zip(first, last) for k in range(a, b)]
+        rles = mask_utils.frPyObjects(parts, h, w)
+        at = 0
+        for i, a, b in zip(block, first, last):
+            out[i] = rles[at] if b - a == 1 else mask_utils.merge(rles[at:at + b - a])
+            at += b - a
+    return out
+
+
+def _read_rles(raws: list | None, rows: np.ndarray, sizes: np.ndarray, uri: str, where: str) -> list:
+    """RLEs of rows whose segmentation is RLE, each checked; a row without one is an error."""
+    from pycocotools import mask as mask_utils
+
+    def locate(i):
+        return f"{uri}: {where}[{rows[i]}].segmentation"
+
+    if raws is None:
+        raise InputDataError(f"{locate(0)}: missing; EVAL_IOU_TYPE=segm needs a segmentation on every row "
+                             "(EVAL_IOU_TYPE=bbox evaluates the boxes)")
+    segs = _decode([raws[r] for r in rows.tolist()], rows, uri, where)
+    h, w = sizes[:, 0].tolist(), sizes[:, 1].tolist()
+    for i, seg in enumerate(segs):
+        if not isinstance(seg, Rle):  # null, or a list without polygons
+            raise InputDataError(f"{locate(i)}: missing; EVAL_IOU_TYPE=segm needs a segmentation on every row "
+                                 "(EVAL_IOU_TYPE=bbox evaluates the boxes)")
+        if list(seg.size) != [h[i], w[i]]:
+            raise InputDataError(f"{locate(i)}: RLE size {list(seg.size)} is not the image's [height, width] [{h[i]}, {w[i]}]")
+    compressed = [i for i, s in enumerate(segs) if isinstance(s.counts, str)]
+    _check_compressed([segs[i] for i in compressed], [h[i] for i in compressed], [w[i] for i in compressed],
+                      lambda k: locate(compressed[k]))
+    out = []
+    for i, seg in enumerate(segs):
+        if isinstance(seg.counts, str):
+            out.append({"size": [h[i], w[i]], "counts": seg.counts.encode()})
+            continue
+        counts = np.asarray(seg.counts, dtype=np.int64)
+        if (counts < 0).any() or int(counts.sum()) != h[i] * w[i]:
+            raise InputDataError(f"{locate(i)}: RLE counts must be >= 0 and sum to height x width "
+                                 f"= {h[i] * w[i]}, got sum {int(counts.sum())}")
+        out.append(mask_utils.frPyObjects({"size": [h[i], w[i]], "counts": seg.counts}, h[i], w[i]))
     return out
 
 
@@ -144,30 +184,32 @@ def mask_areas(rles: np.ndarray) -> np.ndarray:
     """(n,) float64 pixel areas of the RLEs."""
     from pycocotools import mask as mask_utils
 
-    return mask_utils.area(list(rles)).astype(np.float64) if len(rles) else np.zeros(0)
+    # In chunks: pycocotools' area() builds a uint8 array from the count, which overflows past 255.
+    listed = list(rles)
+    return np.concatenate([np.zeros(0), *(mask_utils.area(listed[i:i + 255]).astype(np.float64)
+                                          for i in range(0, len(listed), 255))])
 
 
 def mask_iou_pairs(det: np.ndarray, gt: np.ndarray, pair_det: np.ndarray, pair_gt: np.ndarray, crowd: np.ndarray,
-                   pair_group: np.ndarray) -> np.ndarray:
+                   pair_block: np.ndarray) -> np.ndarray:
     """pycocotools' mask IoU of (det row, gt row) pairs (crowd: intersection / detection area).
 
-    The pairs come in blocks, one per (image, class) group (`pair_group`), each all detections x
-    all ground truths of the group, detection-major: pycocotools computes each block as one matrix.
+    pair_block: the pairs come in contiguous blocks (an image, say); each block is one pycocotools
+    matrix over the detections and ground truths it pairs, which keeps the Python calls few.
     """
     from pycocotools import mask as mask_utils
 
     iou = np.zeros(pair_det.size)
     if not pair_det.size:
         return iou
-    bounds = np.flatnonzero(np.r_[True, pair_group[1:] != pair_group[:-1], True])
+    bounds = np.flatnonzero(np.r_[True, pair_block[1:] != pair_block[:-1], True])
     det_list, gt_list = det.tolist(), gt.tolist()
     for lo, hi in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
-        d_rows, g_rows = pair_det[lo:hi], pair_gt[lo:hi]
-        n_gt = int(np.count_nonzero(d_rows == d_rows[0]))
-        g = g_rows[:n_gt]
-        d = d_rows[::n_gt]
-        iou[lo:hi] = np.asarray(mask_utils.iou([det_list[i] for i in d.tolist()], [gt_list[j] for j in g.tolist()],
-                                               crowd[lo:lo + n_gt].astype(np.uint8).tolist()), dtype=np.float64).reshape(-1)
+        d_rows, d_at = np.unique(pair_det[lo:hi], return_inverse=True)
+        g_rows, g_first, g_at = np.unique(pair_gt[lo:hi], return_index=True, return_inverse=True)
+        matrix = mask_utils.iou([det_list[i] for i in d_rows.tolist()], [gt_list[j] for j in g_rows.tolist()],
+                                crowd[lo:hi][g_first].astype(np.uint8).tolist())
+        iou[lo:hi] = np.asarray(matrix, dtype=np.float64).reshape(d_rows.size, g_rows.size)[d_at, g_at]
     return iou
 
 
