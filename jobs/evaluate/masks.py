@@ -127,52 +127,54 @@ def _decode(raws: list, rows: np.ndarray, uri: str, where: str) -> list:
 def _check_compressed(segs: list[Rle], heights: list[int], widths: list[int], locate) -> None:
     """Check COCO compressed counts strings: valid characters, whole counts, counts >= 0 that sum
     to h x w. Decodes them as pycocotools' rleFrString does (5 bits per character, a continuation
-    bit, a sign bit, counts after the third as differences to the count two before), vectorised."""
+    bit, a sign bit on the last character, counts after the third as differences to the count two
+    before), vectorised over all strings: per character only byte-sized passes, per count int64."""
     if not segs:
         return
     texts = [s.counts.encode() for s in segs]
     lengths = np.fromiter(map(len, texts), dtype=np.int64, count=len(texts))
-    chars = np.frombuffer(b"".join(texts), dtype=np.uint8).astype(np.int64)
-    row_of_char = np.repeat(np.arange(len(texts)), lengths)
-    bad = np.flatnonzero((chars < _FIRST) | (chars > _LAST))
-    if bad.size:
-        k = int(row_of_char[bad[0]])
-        raise InputDataError(f"{locate(k)}: RLE counts has a character outside '0'..'o': "
-                             f"{chr(chars[bad[0]])!r} at {int(bad[0] - lengths[:k].sum())}")
-    c = chars - _FIRST
-    last_of_count = (c & 0x20) == 0
+    c = np.frombuffer(b"".join(texts), dtype=np.uint8) - np.uint8(_FIRST)  # below '0' wraps past 63
+    bad = np.flatnonzero(c > _LAST - _FIRST)
     ends = np.cumsum(lengths)
+    if bad.size:
+        k = int(np.searchsorted(ends, bad[0], side="right"))
+        raise InputDataError(f"{locate(k)}: RLE counts has a character outside '0'..'o': "
+                             f"{chr(c[bad[0]] + _FIRST)!r} at {int(bad[0] - (ends[k] - lengths[k]))}")
+    last_of_count = (c & 0x20) == 0
     unfinished = np.flatnonzero((lengths > 0) & ~last_of_count[np.maximum(ends - 1, 0)])
     if unfinished.size:
         raise InputDataError(f"{locate(int(unfinished[0]))}: RLE counts ends inside a count (truncated string)")
-    # A count starts after the last character of the previous one, or at the start of its string.
-    starts_count = np.r_[True, last_of_count[:-1]]
-    starts_count[ends[lengths > 0][:-1]] = True
-    first = np.flatnonzero(starts_count)
-    n_chars = np.diff(np.r_[first, chars.size])
+    # Each string ends a count, so a count starts after any last character (and at 0).
+    last = np.flatnonzero(last_of_count)
+    first = np.r_[0, last[:-1] + 1] if last.size else np.zeros(0, np.int64)
+    n_chars = last - first + 1
+    per_row = np.diff(np.r_[0, np.cumsum(last_of_count, dtype=np.int64)][np.r_[0, ends]])  # counts per string
+    row = np.repeat(np.arange(len(texts)), per_row)
     too_long = np.flatnonzero(n_chars > _MAX_CHARS_PER_COUNT)
     if too_long.size:
-        raise InputDataError(f"{locate(int(row_of_char[first[too_long[0]]]))}: RLE counts has a count longer than "
+        raise InputDataError(f"{locate(int(row[too_long[0]]))}: RLE counts has a count longer than "
                              f"{_MAX_CHARS_PER_COUNT} characters")
-    position = np.arange(chars.size) - np.repeat(first, n_chars)
-    value = np.add.reduceat((c & 0x1F) << (5 * position), first) if first.size else np.zeros(0, np.int64)
-    negative = (c[first + n_chars - 1] & 0x10) != 0
-    value = np.where(negative, value - (1 << (5 * n_chars)), value)
-    # Counts two apart are differences from index 3 on: cumulative sums per (string, parity), index >= 1.
-    row = row_of_char[first]
-    index = np.arange(first.size) - np.repeat(np.searchsorted(row, np.arange(len(texts))), np.bincount(row, minlength=len(texts)))
-    order = np.lexsort((index, index % 2, row))
-    key = (row * 2 + index % 2)[order]
-    delta = np.where(index[order] == 0, 0, value[order])
-    total = np.cumsum(delta)
-    group_start = np.flatnonzero(np.r_[True, key[1:] != key[:-1]]) if key.size else np.zeros(0, np.int64)
-    counts = np.empty(first.size, dtype=np.int64)
-    counts[order] = total - np.repeat(total[group_start] - delta[group_start], np.diff(np.r_[group_start, key.size]))
-    counts[index == 0] = value[index == 0]
-    negative_count = np.flatnonzero(counts < 0)
-    if negative_count.size:
-        raise InputDataError(f"{locate(int(row[negative_count[0]]))}: RLE counts decodes to a negative count")
-    sums = np.bincount(row, weights=counts, minlength=len(texts))
+    value = (c[first] & 0x1F).astype(np.int64)
+    longer = np.flatnonzero(n_chars > 1)  # most counts are one character: only the rest are revisited
+    for j in range(1, _MAX_CHARS_PER_COUNT):
+        longer = longer[n_chars[longer] > j]
+        value[longer] |= (c[first[longer] + j] & 0x1F).astype(np.int64) << (5 * j)
+    signed = np.flatnonzero((c[last] & 0x10) != 0)
+    value[signed] -= np.int64(1) << (5 * n_chars[signed])  # the sign: x |= -1 << 5k
+    # Index of each count in its string; from index 3 on a count is a difference to the one two before,
+    # so counts 1, 3, 5, ... and 2, 4, 6, ... are cumulative sums within their string.
+    row_first = np.cumsum(per_row) - per_row
+    index = np.arange(first.size) - np.repeat(row_first, per_row)
+    counts = value.copy()
+    odd = (index & 1).astype(bool)
+    for member in (odd, ~odd & (index > 0)):
+        total = np.cumsum(np.where(member, value, 0))
+        before = np.repeat(np.r_[0, total][row_first], per_row)  # the sum over earlier strings
+        counts[member] = (total - before)[member]
+    negative = np.flatnonzero(counts < 0)
+    if negative.size:
+        raise InputDataError(f"{locate(int(row[negative[0]]))}: RLE counts decodes to a negative count")
+    sums = np.bincount(row, weights=counts, minlength=len(texts))  # float64: exact below 2^53
     expected = np.asarray(heights, dtype=np.float64) * np.asarray(widths, dtype=np.float64)
     wrong = np.flatnonzero(sums != expected)
     if wrong.size:

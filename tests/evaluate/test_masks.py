@@ -292,3 +292,16 @@ def test_nms_on_masks_like_a_plain_loop(tmp_path, monkeypatch):
     gt, dets = make_mask_case(4)
     report = evaluate(monkeypatch, *reversed(write_case(tmp_path, gt, dets)), nms_iou="0.5")
     assert report.nms.geometry == "segm" and report.nms.detections_after < report.nms.detections_before
+
+
+def test_mask_areas_of_many_masks():
+    """pycocotools' area() overflows a uint8 count past 255 masks: the job asks in chunks."""
+    from pycocotools import mask as mask_utils
+
+    from jobs.evaluate.masks import mask_areas
+
+    rng = np.random.default_rng(1)
+    masks = [rng.random((12, 9)) < rng.random() for _ in range(600)]
+    rles = np.empty(len(masks), dtype=object)
+    rles[:] = [mask_utils.encode(np.asfortranarray(m.astype(np.uint8))) for m in masks]
+    assert mask_areas(rles).tolist() == [float(m.sum()) for m in masks]
