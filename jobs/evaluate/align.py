@@ -169,10 +169,19 @@ def _classes(gt: Table, pred: Table) -> tuple[list[ClassInfo], np.ndarray, np.nd
     return classes, gt_map, pred_map
 
 
-def _image_sizes(gt: Table) -> np.ndarray | None:
-    """(n_images, 2) height, width in evaluation order (COCO images by id), or None when any is missing."""
+def _image_sizes(gt: Table, gt_image: np.ndarray, n_images: int) -> np.ndarray | None:
+    """(n_images, 2) height, width in evaluation order (COCO images by id; a table's `height` and
+    `width` columns), or None when any is missing."""
     if not gt.is_coco:
-        return None
+        if gt.row_sizes is None:
+            return None
+        sizes = np.full((n_images, 2), -1, dtype=np.int64)
+        sizes[gt_image] = gt.row_sizes
+        clash = np.flatnonzero((sizes[gt_image] != gt.row_sizes).any(axis=1))
+        if clash.size:
+            raise InputDataError(f"{gt.uri}: row {clash[0] + 1}: image size {gt.row_sizes[clash[0]].tolist()} differs "
+                                 f"from another row's {sizes[gt_image[clash[0]]].tolist()} for the same image")
+        return sizes
     images = sorted(gt.coco_images, key=lambda im: _sort_key(im.id))
     if any(im.height is None or im.width is None for im in images):
         return None
@@ -195,7 +204,8 @@ def _geometry(gt: Table, pred: Table, iou_type: IouType, sizes: np.ndarray | Non
             side = gt.uri if gt.segmentations is None and gt.polygons is None else pred.uri
             raise ConfigError(f"EVAL_IOU_TYPE=segm but {side} has no segmentations")
         if sizes is None:
-            raise InputDataError(f"{gt.uri}: EVAL_IOU_TYPE=segm needs every image's height and width (COCO `images`)")
+            raise InputDataError(f"{gt.uri}: EVAL_IOU_TYPE=segm needs every image's height and width (`height` and "
+                                 "`width` of COCO `images`, or `height` and `width` columns in a table)")
         why = "EVAL_IOU_TYPE=segm" if iou_type == IouType.SEGM else "auto: both sides carry segmentations and the images have sizes"
         return "segm", why + "; COCO masks (pycocotools RLE) at each image's height x width"
     if pred.boxes is None and pred.polygons is None:
@@ -263,7 +273,7 @@ def align(gt: Table, pred: Table, *, join_key: str, iou_type: IouType | str) -> 
     ids, keys, gt_image = _gt_images(gt, join_key)
     pred_ref_image, joined_on = _join_predictions(gt, pred, ids, keys, join_key)
     classes, gt_cls_map, pred_cls_map = _classes(gt, pred)
-    sizes = _image_sizes(gt)
+    sizes = _image_sizes(gt, gt_image, len(ids))
     geometry, reason = _geometry(gt, pred, IouType(iou_type), sizes)
 
     has_category = gt.category_codes >= 0

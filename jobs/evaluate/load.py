@@ -97,6 +97,8 @@ class Table:
     segmentations: list[msgspec.Raw] | None = None
     rle_rows: np.ndarray | None = None
     area: np.ndarray | None = None
+    # Tables with `height` and `width` columns: each row's image size (n, 2), for EVAL_IOU_TYPE=segm.
+    row_sizes: np.ndarray | None = None
     # COCO ground truth only: every image (also those without objects), and the categories.
     coco_images: list[CocoImage] | None = None
     coco_categories: list[CocoCategory] = field(default_factory=list)
@@ -501,8 +503,21 @@ def read_table(blob: Blob, fmt: str, columns, *, predictions: bool) -> Table:
         image_codes=image_codes, image_refs=image_refs,
         category_codes=category_codes, category_refs=category_refs,
         score=score, boxes=boxes, polygons=_table_polygons(table, columns("polygon"), uri),
-        iscrowd=np.zeros(len(image_codes), dtype=bool),
+        iscrowd=np.zeros(len(image_codes), dtype=bool), row_sizes=_table_sizes(table, columns, uri),
     )
+
+
+def _table_sizes(table, columns, uri: str) -> np.ndarray | None:
+    """(n, 2) height, width of each row's image from `height` and `width` columns; None without them."""
+    names = [columns("height"), columns("width")]
+    if not all(n in table.column_names for n in names):
+        return None
+    sizes = np.column_stack([_numeric(table, n, uri, our=n) for n in names])
+    bad = np.flatnonzero(~((sizes >= 1) & (sizes == np.floor(sizes)) & (sizes < 2**31)).all(axis=1))
+    if bad.size:
+        raise InputDataError(f"{uri}: row {bad[0] + 1}, columns {names}: image height and width must be whole "
+                             f"numbers >= 1, got {sizes[bad[0]].tolist()}")
+    return sizes.astype(np.int64)
 
 
 def read_input(blob: Blob, fmt: str, columns, *, predictions: bool) -> Table:

@@ -13,7 +13,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from common.settings import check_uri
 
-TABLE_COLUMNS = ("image", "category", "score", "bbox_x", "bbox_y", "bbox_w", "bbox_h", "polygon")
+TABLE_COLUMNS = ("image", "category", "score", "bbox_x", "bbox_y", "bbox_w", "bbox_h", "polygon", "height", "width")
 Format = Literal["auto", "coco", "csv", "parquet", "jsonl"]
 MAX_IOU_THRESHOLDS = 1001  # 0.001 steps over (0, 1]; more only costs memory and report size
 POLICY_PATTERN = re.compile(r"^(f1|fbeta:(?P<beta>[0-9.]+)|precision>=(?P<p>[0-9.]+)|recall>=(?P<r>[0-9.]+))$")

@@ -305,3 +305,37 @@ def test_mask_areas_of_many_masks():
     rles = np.empty(len(masks), dtype=object)
     rles[:] = [mask_utils.encode(np.asfortranarray(m.astype(np.uint8))) for m in masks]
     assert mask_areas(rles).tolist() == [float(m.sum()) for m in masks]
+
+
+def test_tables_with_height_and_width_evaluate_masks(tmp_path, monkeypatch):
+    """CSV tables with a polygon column and `height` / `width` columns: segm, as the same case in COCO JSON."""
+    import csv
+
+    from tests.evaluate.helpers import make_polygon_case
+
+    gt, dets = make_polygon_case(3, n_images=15)
+    for im in gt["images"]:  # names in id order: tied scores then accumulate in the same order
+        im["file_name"] = f"{im['id']:04d}.jpg"
+    coco = evaluate(monkeypatch, *reversed(write_case(tmp_path, gt, dets)))
+    assert coco.matching.geometry == "segm"
+    images = {im["id"]: im for im in gt["images"]}
+    names = {c["id"]: c["name"] for c in gt["categories"]}
+
+    def write(path, rows, score):
+        with open(path, "w", newline="") as f:
+            out = csv.writer(f)
+            out.writerow(["image", "category", *(["score"] if score else []), "bbox_x", "bbox_y", "bbox_w", "bbox_h",
+                          "polygon", "height", "width"])
+            for r in rows:
+                im = images[r["image_id"]]
+                out.writerow([im["file_name"], names[r["category_id"]], *([r["score"]] if score else []), *r["bbox"],
+                              json.dumps(r["segmentation"]), im["height"], im["width"]])
+
+    write(tmp_path / "gt.csv", gt["annotations"], False)
+    write(tmp_path / "pred.csv", dets, True)
+    table = evaluate(monkeypatch, tmp_path / "pred.csv", tmp_path / "gt.csv")
+    assert table.matching.geometry == "segm"
+    by_name = {c.name: c.average_precision for c in coco.classes}
+    assert {c.name: c.average_precision for c in table.classes} == pytest.approx(by_name, abs=1e-12)
+    without = evaluate(monkeypatch, tmp_path / "pred.csv", tmp_path / "gt.csv", columns={"height": "h", "width": "w"})
+    assert without.matching.geometry == "polygon" and "no sizes" in without.matching.reason
