@@ -190,19 +190,30 @@ def match_at_thresholds(det: Objects, gt: Objects, *, n_classes: int, iou_thresh
 
 
 def greedy_match(pairs: Pairs, thresholds: np.ndarray, gt_ignore: np.ndarray, gt_crowd: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`greedy_hits` as (S, n_det) true-positive and matched-an-ignored-one flags, in input order."""
+    n_t, n_det = thresholds.size, pairs.n_det
+    tp = np.zeros((n_t, n_det), dtype=bool)
+    ignored = np.zeros((n_t, n_det), dtype=bool)
+    scenario, det, hit_ignored = greedy_hits(pairs, thresholds, gt_ignore, gt_crowd)
+    tp[scenario[~hit_ignored], det[~hit_ignored]] = True
+    ignored[scenario[hit_ignored], det[hit_ignored]] = True
+    return tp, ignored
+
+
+def greedy_hits(pairs: Pairs, thresholds: np.ndarray, gt_ignore: np.ndarray, gt_crowd: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """pycocotools' evaluateImg matching in S scenarios side by side: scenario s matches at
     thresholds[s] with ground truths gt_ignore[s] (S, n_gt in g_order) ignored (crowd, or outside
     an area range). A detection takes the best unmatched non-ignored ground truth, else the best
     ignored one (then it is ignored itself); crowd regions (gt_crowd) can be taken again.
 
-    Returns (S, n_det) true-positive and matched-an-ignored-one flags, in input order.
+    Returns the matched detections, sparse: scenario, detection (input index) and whether the
+    ground truth it took is an ignored one (else it is a true positive).
     """
-    n_t, n_det = thresholds.size, pairs.n_det
-    tp = np.zeros((n_t, n_det), dtype=bool)
-    ignored = np.zeros((n_t, n_det), dtype=bool)
+    n_t = thresholds.size
     pair_det, pair_gt, iou = pairs.pair_det, pairs.pair_gt, pairs.iou
+    empty = np.zeros(0, np.int64)
     if pair_det.size == 0:
-        return tp, ignored
+        return empty, empty, np.zeros(0, bool)
     limit = np.minimum(thresholds, 1 - 1e-10)[:, None]  # pycocotools clips t the same way
     pair_crowd = gt_crowd[pair_gt]
     pair_ignore = gt_ignore[:, pair_gt]  # (S, pairs)
@@ -212,8 +223,7 @@ def greedy_match(pairs: Pairs, thresholds: np.ndarray, gt_ignore: np.ndarray, gt
     rank_bounds = np.searchsorted(pair_rank, np.arange(pair_rank[-1] + 2))
 
     gt_taken = np.zeros((n_t, pairs.g_order.size), dtype=bool)
-    tp_sorted = np.zeros((n_t, n_det), dtype=bool)
-    ignored_sorted = np.zeros((n_t, n_det), dtype=bool)
+    found = []
     for k in range(rank_bounds.size - 1):
         lo, hi = rank_bounds[k], rank_bounds[k + 1]
         if lo == hi:
@@ -229,12 +239,10 @@ def greedy_match(pairs: Pairs, thresholds: np.ndarray, gt_ignore: np.ndarray, gt
         chosen = np.maximum.reduceat(np.where(at_best, np.arange(p_det.size), -1), starts, axis=1)
         t_hit, s_hit = np.nonzero(chosen >= 0)
         chosen = chosen[t_hit, s_hit]
-        hit_det, hit_gt, hit_crowd = p_det[chosen], p_gt[chosen], p_crowd[chosen]
-        hit_ignore = pair_ignore[t_hit, lo + chosen]
-        tp_sorted[t_hit[~hit_ignore], hit_det[~hit_ignore]] = True
-        ignored_sorted[t_hit[hit_ignore], hit_det[hit_ignore]] = True
+        hit_gt, hit_crowd = p_gt[chosen], p_crowd[chosen]
+        found.append((t_hit, p_det[chosen], pair_ignore[t_hit, lo + chosen]))
         gt_taken[t_hit[~hit_crowd], hit_gt[~hit_crowd]] = True
-
-    tp[:, pairs.d_order] = tp_sorted
-    ignored[:, pairs.d_order] = ignored_sorted
-    return tp, ignored
+    if not found:
+        return empty, empty, np.zeros(0, bool)
+    scenario, det_sorted, hit_ignored = (np.concatenate(parts) for parts in zip(*found))
+    return scenario, pairs.d_order[det_sorted], hit_ignored
