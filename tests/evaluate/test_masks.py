@@ -339,3 +339,4 @@ def test_tables_with_height_and_width_evaluate_masks(tmp_path, monkeypatch):
     assert {c.name: c.average_precision for c in table.classes} == pytest.approx(by_name, abs=1e-12)
     without = evaluate(monkeypatch, tmp_path / "pred.csv", tmp_path / "gt.csv", columns={"height": "h", "width": "w"})
     assert without.matching.geometry == "polygon" and "no sizes" in without.matching.reason
+    assert coco.coco.iou_type == "segm" and table.coco is None  # the coco block: COCO ground truth only
