@@ -126,6 +126,7 @@ def run_cocoeval(gt: dict, dets: list, tmp_path: Path, iou_thresholds=None, iou_
     from pycocotools.cocoeval import COCOeval
 
     renumbered = {**gt, "annotations": [{**a, "id": n + 1} for n, a in enumerate(gt["annotations"])]}
+    dets = [dict(d) for d in dets]  # loadRes adds keys to the results it is given
     path = tmp_path / "oracle_annotations.json"
     path.write_text(json.dumps(renumbered))
     with contextlib.redirect_stdout(io.StringIO()):

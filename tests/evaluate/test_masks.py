@@ -340,3 +340,14 @@ def test_tables_with_height_and_width_evaluate_masks(tmp_path, monkeypatch):
     without = evaluate(monkeypatch, tmp_path / "pred.csv", tmp_path / "gt.csv", columns={"height": "h", "width": "w"})
     assert without.matching.geometry == "polygon" and "no sizes" in without.matching.reason
     assert coco.coco.iou_type == "segm" and table.coco is None  # the coco block: COCO ground truth only
+
+
+def test_ground_truth_without_area_uses_the_mask_area(tmp_path, monkeypatch):
+    """pycocotools needs `area`; where a file has none the job takes the mask's, which COCO's own `area` is."""
+    gt, dets = make_mask_case(5, det_boxes=False)
+    ev = run_cocoeval(gt, dets, tmp_path, iou_type="segm", defaults=True)
+    bare = {**gt, "annotations": [{k: v for k, v in a.items() if k != "area"} for a in gt["annotations"]]}
+    (tmp_path / "b").mkdir()
+    report = evaluate(monkeypatch, *reversed(write_case(tmp_path / "b", bare, dets)), holdout_fraction="0.3")
+    assert report.holdout is not None
+    assert_stats(report, ev)
