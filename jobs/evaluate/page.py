@@ -104,6 +104,17 @@ def _sections(report, pooled: str | None) -> list[str]:
     return out
 
 
+def _coco_table(report) -> str:
+    """COCO's standard summary, as pycocotools prints it, when the report has one."""
+    if report.coco is None:
+        return ""
+    stats = report.coco.stats.model_dump()
+    head = "".join(f"<th>{escape(k)}</th>" for k in stats)
+    cells = "".join(f"<td>{_f(v)}</td>" for v in stats.values())
+    return (f"<h2>COCO summary ({escape(report.coco.iou_type)})</h2><table><tr>{head}</tr><tr>{cells}</tr></table>"
+            f'<p class="muted">{escape(report.coco.parameters)}; thresholds come from the single-IoU evaluation.</p>')
+
+
 def render_index(report, plots: dict[int, dict[str, str]], pooled: str | None, report_name: str) -> str:
     """The page. `plots`: class index -> {kind: relative PNG path}; only files that exist are named."""
     s, m = report.summary, report.matching
@@ -124,6 +135,7 @@ def render_index(report, plots: dict[int, dict[str, str]], pooled: str | None, r
         f"<p>mAP <b>{_f(s.mean_average_precision)}</b> &middot; macro F1 <b>{_f(s.macro_f1)}</b> &middot; "
         f"global threshold {_f(s.global_threshold, '.4f')} &middot; {report.alignment.matched_images} of "
         f"{report.alignment.annotation_images} annotated images have predictions</p>",
+        _coco_table(report),
         "<h2>Classes</h2>", _summary_table(report),
         '<p class="muted">Brackets: bootstrap 95% intervals.</p>' if report.bootstrap else "",
         *_sections(report, pooled),

@@ -63,8 +63,9 @@ def test_local_page_with_every_feature(tmp_path, monkeypatch):
         kinds = {p.rsplit("-", 1)[1] for p in written if p.startswith(f"plots/{i:03d}-")}
         if c["n_ground_truth"] and c["n_predictions"]:
             assert kinds == {"pr.png", "f1.png", "reliability.png"}
-    for section in ("Holdout", "Calibration", "Bootstrap", "Drift", "Reliability, all classes"):
+    for section in ("Holdout", "Calibration", "Bootstrap", "Drift", "Reliability, all classes", "COCO summary (bbox)"):
         assert f"<h2>{section}" in html
+    assert f"<td>{report['coco']['stats']['AP']:.3f}</td>" in html
 
 
 def test_image_level_page(tmp_path, monkeypatch):
