@@ -49,8 +49,7 @@ def coco_summary(aligned: Aligned, pairs: Pairs, *, iou_type: str) -> CocoSummar
     for a, (low, high) in enumerate(AREA_RANGES.values()):
         gt_ignore = gt.crowd | (gt.area < low) | (gt.area > high)
         n_gt[a] = np.bincount(gt.cls[~gt_ignore], minlength=n_classes)
-        scenario, hit, hit_ignored = greedy_hits(capped, IOU_THRESHOLDS,
-                                                 np.broadcast_to(gt_ignore[pairs.g_order], (n_t, gt.cls.size)), gt_crowd)
+        scenario, hit, hit_ignored = greedy_hits(capped, IOU_THRESHOLDS, gt_ignore[pairs.g_order], gt_crowd)
         outside = (det.area < low) | (det.area > high)
         ap[a] = _average_precision(scenario, position[hit], ~hit_ignored, outside[hit], outside[order], cls_sorted,
                                    bounds, n_gt[a], n_t)

@@ -184,8 +184,7 @@ def match_at_thresholds(det: Objects, gt: Objects, *, n_classes: int, iou_thresh
     if pairs is None:
         pairs = candidate_pairs(det, gt, n_classes=n_classes, geometry=geometry, min_iou=lowest_threshold(iou_thresholds))
     thresholds = np.asarray(iou_thresholds, dtype=np.float64)
-    ignore = np.broadcast_to(gt.crowd[pairs.g_order], (thresholds.size, pairs.g_order.size))
-    tp, ignored = greedy_match(pairs, thresholds, ignore, gt.crowd[pairs.g_order])
+    tp, ignored = greedy_match(pairs, thresholds, gt.crowd[pairs.g_order], gt.crowd[pairs.g_order])
     return [Matches(tp[t], ignored[t]) for t in range(thresholds.size)]
 
 
@@ -202,8 +201,8 @@ def greedy_match(pairs: Pairs, thresholds: np.ndarray, gt_ignore: np.ndarray, gt
 
 def greedy_hits(pairs: Pairs, thresholds: np.ndarray, gt_ignore: np.ndarray, gt_crowd: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """pycocotools' evaluateImg matching in S scenarios side by side: scenario s matches at
-    thresholds[s] with ground truths gt_ignore[s] (S, n_gt in g_order) ignored (crowd, or outside
-    an area range). A detection takes the best unmatched non-ignored ground truth, else the best
+    thresholds[s] with ground truths gt_ignore[s] (S, n_gt in g_order; (n_gt,) when the same for
+    all) ignored (crowd, or outside an area range). A detection takes the best unmatched non-ignored ground truth, else the best
     ignored one (then it is ignored itself); crowd regions (gt_crowd) can be taken again.
 
     Returns the matched detections, sparse: scenario, detection (input index) and whether the
@@ -216,11 +215,12 @@ def greedy_hits(pairs: Pairs, thresholds: np.ndarray, gt_ignore: np.ndarray, gt_
         return empty, empty, np.zeros(0, bool)
     limit = np.minimum(thresholds, 1 - 1e-10)[:, None]  # pycocotools clips t the same way
     pair_crowd = gt_crowd[pair_gt]
-    pair_ignore = gt_ignore[:, pair_gt]  # (S, pairs)
+    pair_ignore = gt_ignore[..., pair_gt]  # (S, pairs), or (pairs,) when every scenario ignores the same
     # Candidate score: any non-ignored match beats any ignored one; within each kind the higher IoU.
     candidate = np.where(iou >= limit, iou + np.where(pair_ignore, 0.0, 2.0), -1.0)  # (S, pairs)
     pair_rank = pairs.d_rank[pair_det]
     rank_bounds = np.searchsorted(pair_rank, np.arange(pair_rank[-1] + 2))
+    shared = pair_ignore.ndim == 1
 
     gt_taken = np.zeros((n_t, pairs.g_order.size), dtype=bool)
     found = []
@@ -240,7 +240,7 @@ def greedy_hits(pairs: Pairs, thresholds: np.ndarray, gt_ignore: np.ndarray, gt_
         t_hit, s_hit = np.nonzero(chosen >= 0)
         chosen = chosen[t_hit, s_hit]
         hit_gt, hit_crowd = p_gt[chosen], p_crowd[chosen]
-        found.append((t_hit, p_det[chosen], pair_ignore[t_hit, lo + chosen]))
+        found.append((t_hit, p_det[chosen], pair_ignore[lo + chosen] if shared else pair_ignore[t_hit, lo + chosen]))
         gt_taken[t_hit[~hit_crowd], hit_gt[~hit_crowd]] = True
     if not found:
         return empty, empty, np.zeros(0, bool)
