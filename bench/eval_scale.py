@@ -12,9 +12,14 @@ pycocotools (evaluate + accumulate at IoU 0.5, one area range, no per-image cap 
 100). pycocotools runs on the first tenth of the images; its time is scaled by 10 and says so.
 Peak RSS is each subprocess's own `ru_maxrss` (os.wait4), so no tool pays for another.
 
-Then: the job alone at 1x, 3x, 10x with Parquet predictions (the scaling exponent is the slope
-of log time over log detections), a polygon case against pycocotools' `segm` evaluation, and
-COCO AP@[.5:.95] via EVAL_IOU_THRESHOLDS against the single-threshold time.
+Then: the cost of the report's `coco` block on the reference case, COCO AP@[.5:.95] via
+EVAL_IOU_THRESHOLDS against the single-threshold time, a polygon case against pycocotools' `segm`
+evaluation, masks (EVAL_IOU_TYPE=segm, on that polygon case and on the same masks as compressed
+RLE) against pycocotools and faster-coco-eval `segm` under their default parameters, and the job
+alone at 1x, 3x, 10x with Parquet predictions (the scaling exponent is the slope of log time over
+log detections).
+
+    .venv/bin/python bench/eval_scale.py --skip reference,peers,scaling,polygons,thresholds   # masks only
 """
 
 from __future__ import annotations
@@ -271,6 +276,49 @@ def peer_main(tool: str, gt: str, pred: str, iou_type: str, thresholds: str) -> 
     print(json.dumps({"import": t_import - t0, "load": t_load - t_import, "eval": t_done - t_load, "ap": ap}))
 
 
+def peer_coco_main(tool: str, gt: str, pred: str, iou_type: str) -> None:
+    """In the child: COCO's standard evaluation under its default parameters (what the job's
+    `coco` block computes): load, evaluate(), accumulate(), summarize(); timings and the 12 stats."""
+    import contextlib
+    import io
+
+    t0 = time.perf_counter()
+    if tool == "faster-coco-eval":
+        from faster_coco_eval import COCO
+        from faster_coco_eval import COCOeval_faster as COCOeval
+    else:
+        from pycocotools.coco import COCO
+        from pycocotools.cocoeval import COCOeval
+    t_import = time.perf_counter()
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_gt = COCO(gt)
+        coco_dt = coco_gt.loadRes(pred)  # results carry boxes: loadRes keeps polygons, evaluate() rasterises them
+        t_load = time.perf_counter()
+        ev = COCOeval(coco_gt, coco_dt, iou_type)
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    t_done = time.perf_counter()
+    print(json.dumps({"import": t_import - t0, "load": t_load - t_import, "eval": t_done - t_load,
+                      "stats": [float(v) for v in ev.stats]}))
+
+
+def to_compressed_rle(folder: Path) -> None:
+    """Rewrite a polygon case's segmentations (both files) as compressed RLE, as Detectron2 and
+    MMDetection write them; the masks are pycocotools' rasterisation of the polygons."""
+    import msgspec
+    from pycocotools import mask as mask_utils
+
+    gt = json.loads((folder / "annotations.json").read_text())
+    sizes = {im["id"]: (im["height"], im["width"]) for im in gt["images"]}
+    results = json.loads((folder / "predictions.json").read_text())
+    for item in gt["annotations"] + results:
+        rle = mask_utils.merge(mask_utils.frPyObjects(item["segmentation"], *sizes[item["image_id"]]))
+        item["segmentation"] = {"size": rle["size"], "counts": rle["counts"].decode()}
+    (folder / "annotations.json").write_bytes(msgspec.json.encode(gt))
+    (folder / "predictions.json").write_bytes(msgspec.json.encode(results))
+
+
 def generate(kind: str, folder: Path, n_images: int, **options) -> dict:
     """Write a case in a child process, so this process stays small: a child's peak RSS counts its
     parent's at fork time (Linux keeps the pre-exec high-water mark), and would blur the table."""
@@ -285,8 +333,10 @@ def generate_main(spec: str) -> None:
     folder = Path(spec["folder"])
     folder.mkdir(parents=True, exist_ok=True)
     n = spec["n_images"]
-    if spec["kind"] == "polygons":
+    if spec["kind"] in ("polygons", "rle"):
         *_, n_det = make_polygon_case(folder, n)
+        if spec["kind"] == "rle":
+            to_compressed_rle(folder)
         return print(json.dumps({"det": n_det}))
     gt, det = make_case(n, seed=int(spec.get("seed", SEED)))
     if spec["kind"] == "reference":
@@ -433,6 +483,54 @@ def polygons(work: Path, n_images: int, repeats: int) -> None:
           f"mAP {np.mean(list(ours.values())):.4f} vs {np.mean([v[0] for v in theirs.values() if v]):.4f}")
 
 
+STAT_NAMES = ["AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl"]
+
+
+def masks(work: Path, n_images: int, repeats: int) -> None:
+    """COCO masks: the job (EVAL_IOU_TYPE=segm: the single-IoU evaluation plus the `coco` block)
+    against pycocotools and faster-coco-eval `segm` under their default parameters (summarize()),
+    on the polygon case and on the same masks as compressed RLE."""
+    rounds = max(repeats, 3)
+    for kind in ("polygons", "rle"):
+        folder = work / f"masks-{kind}"
+        n = generate(kind, folder, n_images)["det"]
+        gt_path, det_path = folder / "annotations.json", folder / "predictions.json"
+        print(f"\n== masks ({kind}): {n_images} images, {n} detections; job EVAL_IOU_TYPE=segm vs COCOeval segm "
+              f"(default parameters + summarize); medians of {rounds} alternating rounds")
+        runs = {"job": [], "pycocotools": [], "faster-coco-eval": []}
+        for _ in range(rounds):
+            runs["job"].append(run_job(gt_path, det_path, folder / "out", iou_type="segm"))
+            for tool in ("pycocotools", "faster-coco-eval"):
+                cmd = [PY, __file__, "--peer-coco", tool, str(gt_path), str(det_path), "segm"]
+                wall, rss, text, cpu = run_measured(cmd)
+                runs[tool].append({"wall": wall, "rss": rss, "cpu": cpu, **json.loads(text.strip().splitlines()[-1])})
+        job_wall = median([r["wall"] for r in runs["job"]])
+        job_cpu = median([r["cpu"] for r in runs["job"]])
+        ours = runs["job"][-1]["report"]["coco"]["stats"]
+        print(f"   {'tool':18s} {'process s':>9s} {'CPU s':>7s} {'tool/job (process)':>19s} {'tool/job (CPU)':>15s} "
+              f"{'peak RSS MiB':>12s} {'max |stat - job|':>16s}")
+        print(f"   {'job':18s} {job_wall:9.2f} {job_cpu:7.2f} {'1.00x':>19s} {'1.00x':>15s} "
+              f"{max(r['rss'] for r in runs['job']):12.0f} {'':>16s}")
+        for tool in ("pycocotools", "faster-coco-eval"):
+            wall, cpu = median([r["wall"] for r in runs[tool]]), median([r["cpu"] for r in runs[tool]])
+            theirs = runs[tool][-1]["stats"]
+            diff = max(abs((ours[k] if ours[k] is not None else -1.0) - v) for k, v in zip(STAT_NAMES, theirs))
+            print(f"   {tool:18s} {wall:9.2f} {cpu:7.2f} {wall / job_wall:18.2f}x {cpu / job_cpu:14.2f}x "
+                  f"{max(r['rss'] for r in runs[tool]):12.0f} {diff:16.1e}")
+        print(f"   job steps (last round): {step_seconds(runs['job'][-1]['log'])}")
+        print("   goal: pycocotools/job >= 3x and faster-coco-eval/job >= 1x (whole processes)")
+
+
+def coco_block_cost(ref: dict, repeats: int) -> None:
+    """The reference case with and without the coco block: its cost, from the job's own log."""
+    runs = [run_job(ref["gt"], ref["det"], ref["folder"] / "outc") for _ in range(repeats)]
+    secs = [json.loads(line)["seconds"] for r in runs for line in r["log"].splitlines()
+            if line.startswith("{") and '"coco summary"' in line]
+    wall = median([r["wall"] for r in runs])
+    print(f"\n== coco block on the reference case: job process {wall:.2f} s, of which the coco block "
+          f"{median(secs):.2f} s (median of {repeats})")
+
+
 def coco_thresholds(ref: dict, repeats: int, with_hotcoco: bool) -> None:
     print(f"\n== AP@[.5:.95]: EVAL_IOU_THRESHOLDS={json.dumps(COCO_THRESHOLDS)} on the reference case")
     singles, multis = [], []
@@ -457,13 +555,18 @@ def main() -> None:
     parser.add_argument("--scales", default="1,3,10", help="comma-separated multiples of the reference case for the scaling run")
     parser.add_argument("--repeats", type=int, default=3, help="alternating rounds per comparison (median reported)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 500 images, scales 1,3, one round")
-    parser.add_argument("--skip", default="", help="comma-separated parts to skip: peers, scaling, polygons, thresholds")
+    parser.add_argument("--skip", default="", help="comma-separated parts to skip: reference, peers, scaling, polygons, "
+                        "masks, thresholds")
+    parser.add_argument("--mask-images", type=int, default=1000, help="images in the mask cases")
     parser.add_argument("--work", default=None, help="folder for generated files (default: a temporary folder)")
     parser.add_argument("--peer", nargs=5, help=argparse.SUPPRESS)
+    parser.add_argument("--peer-coco", nargs=4, help=argparse.SUPPRESS)
     parser.add_argument("--generate", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.peer:
         return peer_main(*args.peer)
+    if args.peer_coco:
+        return peer_coco_main(*args.peer_coco)
     if args.generate:
         return generate_main(args.generate)
     images, scales, repeats = 5000, [int(s) for s in args.scales.split(",") if s], args.repeats
@@ -476,11 +579,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="eval-bench-") as tmp:
         work = Path(args.work) if args.work else Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-        ref = reference(work, images, repeats, peers, 10)
-        if "thresholds" not in skip:
+        ref = reference(work, images, repeats, peers, 10) if "reference" not in skip else None
+        if ref is not None:
+            coco_block_cost(ref, repeats)
+        if "thresholds" not in skip and ref is not None:
             coco_thresholds(ref, repeats, "hotcoco" in peers)
         if "polygons" not in skip:
             polygons(work, poly_images, repeats)
+        if "masks" not in skip:
+            masks(work, 100 if args.quick else args.mask_images, repeats)
         if "scaling" not in skip:
             scaling(work, images, scales, repeats)
 

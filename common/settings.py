@@ -8,6 +8,7 @@ unknown variables with the job's prefix (a typo would otherwise be silently igno
 import os
 import re
 import textwrap
+from enum import Enum
 from typing import TypeVar
 
 from pydantic import Field, ValidationError
@@ -57,7 +58,9 @@ def load_settings(cls: type[S], environ: dict[str, str] | None = None) -> S:
 def settings_help(cls: type[BaseSettings], *, summary: str) -> str:
     lines = [summary.strip(), "", "Configured by environment variables:", ""]
     for name, field in cls.model_fields.items():
-        default = "(required)" if field.is_required() else repr(field.get_default(call_default_factory=True))
+        value = field.get_default(call_default_factory=True)
+        value = value.value if isinstance(value, Enum) else value  # an enum setting shows what you would type
+        default = "(required)" if field.is_required() else repr(value)
         lines.append(f"  {env_name(cls, name)}  [default: {default}]")
         if field.description:
             lines.extend(textwrap.wrap(field.description, 92, initial_indent="      ", subsequent_indent="      "))

@@ -15,6 +15,7 @@ import numpy as np
 from common.errors import ConfigError, InputDataError
 from jobs.evaluate.geometry import Polygons
 from jobs.evaluate.load import Table
+from jobs.evaluate.settings import IouType
 
 MAX_EXAMPLES = 10
 
@@ -27,7 +28,8 @@ class ClassInfo:
 
 @dataclass
 class Objects:
-    """Rows of one side after alignment. `boxes` (n, 4) xywh; `polygons` columnar, one row each."""
+    """Rows of one side after alignment. `boxes` (n, 4) xywh; `polygons` columnar, one row each;
+    `masks` (segm) one pycocotools RLE dict each; `area` (n,) what COCO's area ranges compare."""
 
     image: np.ndarray
     cls: np.ndarray
@@ -35,6 +37,8 @@ class Objects:
     polygons: Polygons | None
     crowd: np.ndarray
     score: np.ndarray | None = None
+    masks: np.ndarray | None = None
+    area: np.ndarray | None = None
 
     def take(self, keep: np.ndarray) -> "Objects":
         if keep.dtype == bool and keep.all():  # nothing dropped: share the arrays, copy nothing
@@ -45,6 +49,8 @@ class Objects:
             boxes=None if self.boxes is None else self.boxes[idx],
             polygons=None if self.polygons is None else self.polygons.take(idx),
             crowd=self.crowd[idx], score=None if self.score is None else self.score[idx],
+            masks=None if self.masks is None else self.masks[idx],
+            area=None if self.area is None else self.area[idx],
         )
 
 
@@ -54,8 +60,9 @@ class Aligned:
     n_images: int
     gt: Objects
     det: Objects
-    geometry: str  # "bbox", "polygon" or "image" (image-level, multi-label)
+    geometry: str  # "bbox", "polygon", "segm" or "image" (image-level, multi-label)
     alignment: dict
+    geometry_reason: str = ""
     # Coordinates are fractions of the image size (YOLO files without image sizes): IoUs are as in
     # pixels, but pixel areas are unknown.
     normalised: bool = False
@@ -167,23 +174,67 @@ def _classes(gt: Table, pred: Table) -> tuple[list[ClassInfo], np.ndarray, np.nd
     return classes, gt_map, pred_map
 
 
-def _geometry(gt: Table, pred: Table, iou_type: str) -> str:
-    if gt.boxes is None and pred.boxes is None and gt.polygons is None and pred.polygons is None:
-        return "image"
+def _image_sizes(gt: Table, gt_image: np.ndarray, n_images: int) -> np.ndarray | None:
+    """(n_images, 2) height, width in evaluation order (COCO images by id; a table's `height` and
+    `width` columns), or None when any is missing."""
+    if gt.images is None:
+        if gt.row_sizes is None:
+            return None
+        sizes = np.full((n_images, 2), -1, dtype=np.int64)
+        sizes[gt_image] = gt.row_sizes
+        clash = np.flatnonzero((sizes[gt_image] != gt.row_sizes).any(axis=1))
+        if clash.size:
+            raise InputDataError(f"{gt.uri}: row {clash[0] + 1}: image size {gt.row_sizes[clash[0]].tolist()} differs "
+                                 f"from another row's {sizes[gt_image[clash[0]]].tolist()} for the same image")
+        return sizes
+    images = sorted(gt.images, key=lambda im: _sort_key(im.id))
+    if any(im.height is None or im.width is None for im in images):
+        return None
+    return np.array([(im.height, im.width) for im in images], dtype=np.int64).reshape(-1, 2)
+
+
+def _first_rle(table: Table) -> str:
+    where = "annotations" if table.score is None else ""
+    return f"{table.uri}: {where}[{int(table.rle_rows[0])}].segmentation"
+
+
+def _geometry(gt: Table, pred: Table, iou_type: IouType, sizes: np.ndarray | None) -> tuple[str, str]:
+    """The geometry to match on, and why (the report's `matching.reason`)."""
+    segmented = all(t.segmentations is not None or t.polygons is not None for t in (gt, pred))
+    rle = [t for t in (gt, pred) if t.rle_rows is not None and t.rle_rows.size]
+    if gt.boxes is None and pred.boxes is None and gt.polygons is None and pred.polygons is None and not segmented:
+        return "image", "neither side has geometry: image-level (multi-label)"
+    if iou_type == IouType.SEGM or (iou_type == IouType.AUTO and segmented and sizes is not None):
+        if not segmented:
+            side = gt.uri if gt.segmentations is None and gt.polygons is None else pred.uri
+            raise ConfigError(f"EVAL_IOU_TYPE=segm but {side} has no segmentations")
+        if sizes is None:
+            raise InputDataError(f"{gt.uri}: EVAL_IOU_TYPE=segm needs every image's height and width (`height` and "
+                                 "`width` of COCO `images`, or `height` and `width` columns in a table)")
+        why = "EVAL_IOU_TYPE=segm" if iou_type == IouType.SEGM else "auto: both sides carry segmentations and the images have sizes"
+        return "segm", why + "; COCO masks (pycocotools RLE) at each image's height x width"
     if pred.boxes is None and pred.polygons is None:
         raise InputDataError(f"{pred.uri}: predictions have no boxes or polygons but {gt.uri} has; cannot match by IoU")
     if gt.boxes is None and gt.polygons is None:
         raise InputDataError(f"{gt.uri}: annotations have no boxes or polygons but {pred.uri} has; cannot match by IoU")
     both_polygons = gt.polygons is not None and pred.polygons is not None
-    if iou_type == "polygon" and not both_polygons:
+    if iou_type == IouType.POLYGON and not both_polygons and not rle:
         side = gt.uri if gt.polygons is None else pred.uri
         raise ConfigError(f"EVAL_IOU_TYPE=polygon but {side} has no polygons")
-    if iou_type == "bbox" or (iou_type == "auto" and not both_polygons):
-        if gt.boxes is None or pred.boxes is None:
-            side = gt.uri if gt.boxes is None else pred.uri
-            raise InputDataError(f"{side}: no boxes for box IoU; give boxes or set EVAL_IOU_TYPE=polygon")
-        return "bbox"
-    return "polygon"
+    if iou_type == IouType.POLYGON or (iou_type == IouType.AUTO and segmented):
+        if rle:  # never evaluated as its box: say what can read it
+            hint = "add height and width to the images" if iou_type == IouType.AUTO else "set EVAL_IOU_TYPE=segm"
+            raise InputDataError(f"{_first_rle(rle[0])}: RLE cannot be evaluated as a polygon ({hint} for COCO masks, "
+                                 "or EVAL_IOU_TYPE=bbox for the boxes)")
+        why = "EVAL_IOU_TYPE=polygon" if iou_type == IouType.POLYGON else "auto: both sides carry polygons, images have no sizes"
+        return "polygon", why + "; exact polygon IoU"
+    if gt.boxes is None or pred.boxes is None:
+        side = gt.uri if gt.boxes is None else pred.uri
+        raise InputDataError(f"{side}: no boxes for box IoU; give boxes or set EVAL_IOU_TYPE=segm or polygon")
+    if iou_type == IouType.BBOX:
+        return "bbox", "EVAL_IOU_TYPE=bbox"
+    side = "predictions" if pred.segmentations is None else "annotations"
+    return "bbox", f"auto: the {side} carry no segmentations" if gt.segmentations or pred.segmentations else "auto: boxes only"
 
 
 def _in_pixels(table: Table, image: np.ndarray, sizes: np.ndarray | None, other: Table) -> Table:
@@ -202,24 +253,24 @@ def _in_pixels(table: Table, image: np.ndarray, sizes: np.ndarray | None, other:
     return replace(table, boxes=boxes, polygons=polygons, normalised=False)
 
 
-def _image_sizes(gt: Table) -> np.ndarray | None:
-    """(n_images, 2) height, width in evaluation order (images by id), or None when any is missing."""
-    if gt.images is None:
-        return None
-    images = sorted(gt.images, key=lambda im: _sort_key(im.id))
-    if any(im.height is None or im.width is None for im in images):
-        return None
-    return np.array([(im.height, im.width) for im in images], dtype=np.int64).reshape(-1, 2)
-
-
-def _objects(table: Table, image: np.ndarray, cls: np.ndarray, keep: np.ndarray, geometry: str) -> Objects:
+def _objects(table: Table, image: np.ndarray, cls: np.ndarray, keep: np.ndarray, geometry: str,
+             sizes: np.ndarray | None) -> Objects:
     objects = Objects(
         image=image, cls=cls,
         boxes=table.boxes if geometry != "image" else None,
         polygons=table.polygons if geometry == "polygon" else None,
         crowd=table.iscrowd, score=table.score,
     )
-    return objects.take(keep)
+    objects = objects.take(keep)
+    if geometry == "segm":
+        from jobs.evaluate.masks import to_rles
+
+        rows = np.flatnonzero(keep) if keep.dtype == bool else keep
+        where = "" if table.score is not None else "annotations"
+        objects.masks = to_rles(table.segmentations, table.polygons, rows, objects.image, sizes, table.uri, where)
+    if geometry in ("bbox", "segm"):
+        objects.area = _areas(table, objects, rows=np.flatnonzero(keep) if keep.dtype == bool else keep, geometry=geometry)
+    return objects
 
 
 def _best_row_per_pair(det: Objects, n_classes: int) -> np.ndarray:
@@ -230,22 +281,40 @@ def _best_row_per_pair(det: Objects, n_classes: int) -> np.ndarray:
     return np.sort(order[first])
 
 
-def align(gt: Table, pred: Table, *, join_key: str, iou_type: str) -> Aligned:
+def _areas(table: Table, objects: Objects, *, rows: np.ndarray, geometry: str) -> np.ndarray:
+    """What COCO's area ranges compare, as pycocotools takes it: ground truth its `area` (computed
+    where the file has none); detections their box's w x h when they have boxes (also for segm, as
+    pycocotools' loadRes does), else their mask's area."""
+    computed = None
+    if geometry == "segm" and (table.score is None or objects.boxes is None):
+        from jobs.evaluate.masks import mask_areas
+
+        computed = mask_areas(objects.masks)
+    elif objects.boxes is not None:
+        computed = objects.boxes[:, 2] * objects.boxes[:, 3]
+    if table.score is not None or table.area is None:
+        return computed
+    given = table.area[rows]
+    return np.where(np.isnan(given), computed, given) if computed is not None else given
+
+
+def align(gt: Table, pred: Table, *, join_key: str, iou_type: IouType | str) -> Aligned:
     ids, keys, gt_image = _gt_images(gt, join_key)
     pred_ref_image, joined_on = _join_predictions(gt, pred, ids, keys, join_key)
     classes, gt_cls_map, pred_cls_map = _classes(gt, pred)
-    geometry = _geometry(gt, pred, iou_type)
+    sizes = _image_sizes(gt, gt_image, len(ids))
+    geometry, reason = _geometry(gt, pred, IouType(iou_type), sizes)
     pred_image = pred_ref_image[pred.image_codes] if pred.rows else np.zeros(0, np.int64)
     if geometry != "image" and gt.normalised != pred.normalised:  # one side YOLO without sizes
         if pred.normalised:
-            pred = _in_pixels(pred, pred_image, _image_sizes(gt), gt)
+            pred = _in_pixels(pred, pred_image, sizes, gt)
         else:
             gt = _in_pixels(gt, gt_image, None, pred)
 
     has_category = gt.category_codes >= 0
     gt_cls = np.full(gt.rows, -1, dtype=np.int64)
     gt_cls[has_category] = gt_cls_map[gt.category_codes[has_category]]
-    gt_objects = _objects(gt, gt_image, gt_cls, has_category, geometry)
+    gt_objects = _objects(gt, gt_image, gt_cls, has_category, geometry, sizes)
     if geometry == "image":  # one label per (image, class): duplicates say nothing more
         pair = gt_objects.image * max(len(classes), 1) + gt_objects.cls
         _, first = np.unique(pair, return_index=True)
@@ -253,7 +322,7 @@ def align(gt: Table, pred: Table, *, join_key: str, iou_type: str) -> Aligned:
 
     pred_cls = pred_cls_map[pred.category_codes] if pred.rows else np.zeros(0, np.int64)
     joined = pred_image >= 0
-    det = _objects(pred, pred_image, pred_cls, joined, geometry)
+    det = _objects(pred, pred_image, pred_cls, joined, geometry, sizes)
     collapsed = 0
     if geometry == "image":  # the image's score for a class is the best of its rows for it
         det = det.take(_best_row_per_pair(det, len(classes)))
@@ -276,5 +345,5 @@ def align(gt: Table, pred: Table, *, join_key: str, iou_type: str) -> Aligned:
         "annotated_images_without_predictions": len(ids) - int(predicted_images.size),
         "collapsed_prediction_rows": collapsed,
     }
-    return Aligned(classes, len(ids), gt_objects, det, geometry, alignment,
+    return Aligned(classes, len(ids), gt_objects, det, geometry, alignment, reason,
                    normalised=geometry != "image" and gt.normalised and pred.normalised)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
@@ -12,10 +13,27 @@ from jobs.evaluate.report import ClassResult, Summary
 from jobs.evaluate.sweep import Policy, Sweep, average_precision, choose_operating_point, sweep_thresholds
 
 
+_last_order: tuple = ((), None, None)
+
+
 def accumulation_order(det, n_classes: int, n_images: int, rank=None) -> np.ndarray:
     """Detections by class, then descending score, then image, then input order: the order
-    pycocotools accumulates in, which decides AP where scores tie. `rank`: descending_rank(det.score)."""
-    return stable_order((det.cls, n_classes), rank or descending_rank(det.score), (det.image, n_images))
+    pycocotools accumulates in, which decides AP where scores tie. `rank`: descending_rank(det.score).
+
+    The sweep and the coco block both need it: for read-only scores (align makes them so) the
+    last result is reused while the same arrays are asked about again.
+    """
+    global _last_order
+    refs, key, cached = _last_order
+    arrays = (det.score, det.cls, det.image)
+    if len(refs) == 3 and all(r() is a for r, a in zip(refs, arrays)) and key == (n_classes, n_images) \
+            and not det.score.flags.writeable:
+        return cached
+    order = stable_order((det.cls, n_classes), rank or descending_rank(det.score), (det.image, n_images))
+    if not det.score.flags.writeable:
+        order.flags.writeable = False  # shared from now on
+        _last_order = (tuple(weakref.ref(a) for a in arrays), (n_classes, n_images), order)
+    return order
 
 
 def _counts_at(sweep: Sweep, threshold: float) -> tuple[int, int]:

@@ -172,10 +172,11 @@ def _read_if_exists(uri: str) -> storage.Blob | None:
 
 
 def _parse(blob: storage.Blob):
-    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
 
-    try:
-        frame = pd.read_parquet(io.BytesIO(bytes(blob.data)))
+    try:  # an Arrow reader, read synchronously: no Arrow thread is left holding a Python object at exit
+        frame = pq.ParquetFile(pa.BufferReader(bytes(blob.data))).read().to_pandas()
     except Exception as exc:  # pyarrow raises several types for a file that is not Parquet
         raise InputDataError(f"{blob.uri}: not a readable Parquet history ({type(exc).__name__}: {exc}); "
                              "move it away to start a new history") from None

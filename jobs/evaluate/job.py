@@ -21,10 +21,12 @@ from jobs.evaluate.bootstrap import bootstrap_intervals
 from jobs.evaluate.calibration import calibrate, calibration_document
 from jobs.evaluate.classes import add_ap_by_iou, evaluate_at_thresholds, evaluate_classes
 from jobs.evaluate.drift import drift_block, read_baseline
+from jobs.evaluate.coco import IOU_THRESHOLDS as COCO_IOU_THRESHOLDS
+from jobs.evaluate.coco import coco_summary
 from jobs.evaluate.formats import ReadOptions, detect_format, open_source
 from jobs.evaluate.history import append_history, history_with_run, read_history_frame
 from jobs.evaluate.load import decompressed
-from jobs.evaluate.match import Matches, match_at_thresholds
+from jobs.evaluate.match import Matches, candidate_pairs, lowest_threshold, match_at_thresholds
 from jobs.evaluate.nms import nms_keep
 from jobs.evaluate.page import render_index
 from jobs.evaluate.plots import class_curves, render_plots
@@ -208,18 +210,28 @@ def evaluate(settings: EvalSettings, run_id: str, log: structlog.BoundLogger) ->
     (gt, gt_fmt), (pred, pred_fmt) = tables["annotations"], tables["predictions"]
 
     aligned = align(gt, pred, join_key=settings.join_key, iou_type=settings.iou_type)
-    log.info("aligned", geometry=aligned.geometry, classes=len(aligned.classes), **_flat(aligned.alignment))
+    log.info("aligned", geometry=aligned.geometry, reason=aligned.geometry_reason, classes=len(aligned.classes),
+             **_flat(aligned.alignment))
     nms_info = None
     if settings.nms_iou is not None:
         aligned, nms_info = apply_nms(aligned, settings.nms_iou, log)
 
     t0 = time.perf_counter()
-    # The extra EVAL_IOU_THRESHOLDS (AP only) match in the same pass: the IoUs are computed once.
+    # The extra EVAL_IOU_THRESHOLDS (AP only) and COCO's summary match on the same pairs: the IoUs are computed once.
+    with_coco = gt.images is not None and aligned.geometry in ("bbox", "segm")
+    thresholds = [settings.iou_threshold, *settings.iou_thresholds]
+    pairs = candidate_pairs(aligned.det, aligned.gt, n_classes=len(aligned.classes), geometry=aligned.geometry,
+                            min_iou=lowest_threshold([*thresholds, *(COCO_IOU_THRESHOLDS if with_coco else [])]))
     matches, *matches_by_iou = match_at_thresholds(
-        aligned.det, aligned.gt, n_classes=len(aligned.classes),
-        iou_thresholds=[settings.iou_threshold, *settings.iou_thresholds], geometry=aligned.geometry)
+        aligned.det, aligned.gt, n_classes=len(aligned.classes), iou_thresholds=thresholds, geometry=aligned.geometry,
+        pairs=pairs)
     log.info("matched", detections=int(aligned.det.image.size), true_positives=int(matches.tp.sum()),
              ignored=int(matches.ignored.sum()), seconds=round(time.perf_counter() - t0, 3))
+    coco = None
+    if with_coco:
+        t0 = time.perf_counter()
+        coco = coco_summary(aligned, pairs, iou_type=aligned.geometry)
+        log.info("coco summary", iou_type=coco.iou_type, **coco.stats.model_dump(), seconds=round(time.perf_counter() - t0, 3))
 
     evaluation_mask = holdout = None
     if settings.holdout_fraction > 0:
@@ -246,17 +258,18 @@ def evaluate(settings: EvalSettings, run_id: str, log: structlog.BoundLogger) ->
                                         evaluation_mask=evaluation_mask, log=log)
     report = Report(
         run=RunInfo(id=run_id, started_at=started, finished_at=utc_now(), code_version=code_version(),
-                    library_versions=library_versions("numpy", "pyarrow", "msgspec", "shapely", "pydantic", "boto3",
-                                                      *(["scikit-learn"] if settings.calibration in ("platt", "isotonic") else []))),
+                    library_versions=library_versions("numpy", "pyarrow", "msgspec", "shapely", "pycocotools", "pydantic",
+                                                      "boto3", *(["scikit-learn"] if settings.calibration in ("platt", "isotonic") else []))),
         inputs={"predictions": input_info(pred, pred_fmt), "annotations": input_info(gt, gt_fmt)},
         config=public_config(settings),
         alignment=Alignment(**aligned.alignment),
-        matching=Matching(geometry=aligned.geometry, iou_threshold=settings.iou_threshold, policy=str(settings.policy),
-                          iou_thresholds=settings.iou_thresholds or None,
+        matching=Matching(geometry=aligned.geometry, reason=aligned.geometry_reason, iou_threshold=settings.iou_threshold,
+                          policy=str(settings.policy), iou_thresholds=settings.iou_thresholds or None,
                           coordinates="normalised" if aligned.normalised else "pixels",
                           coordinates_note=NORMALISED_NOTE if aligned.normalised else None),
         classes=classes,
         summary=summary,
+        coco=coco,
         nms=nms_info,
         holdout=holdout,
         calibration=calibration,
@@ -338,4 +351,7 @@ def format_table(report: Report) -> str:
     over_ious = f"  mAP@IoUs {f(s.mean_average_precision_iou_mean)}" if by_iou else ""
     lines.append(f"mAP {f(s.mean_average_precision)}{over_ious}  macro-F1 {f(s.macro_f1)}  ({report.matching.geometry}, "
                  f"IoU {report.matching.iou_threshold}, policy {report.matching.policy})")
+    if report.coco is not None:
+        stats = report.coco.stats.model_dump()
+        lines.append(f"COCO {report.coco.iou_type}: " + "  ".join(f"{k} {f(v)}" for k, v in stats.items()))
     return "\n".join(lines)

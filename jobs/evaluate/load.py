@@ -50,6 +50,7 @@ class CocoAnnotation(msgspec.Struct, gc=False):
     bbox: Box | None = None
     iscrowd: int | bool = 0
     segmentation: msgspec.Raw = NO_SEGMENTATION
+    area: float | None = None  # COCO's area ranges use it, as pycocotools does
 
 
 class CategoryInfo(msgspec.Struct):
@@ -99,6 +100,13 @@ class Table:
     boxes: np.ndarray | None = None
     polygons: Polygons | None = None
     iscrowd: np.ndarray | None = None
+    # COCO only: each row's segmentation as raw JSON (masks.py reads it under EVAL_IOU_TYPE=segm),
+    # and which rows hold RLE (a dict) rather than polygons; ground truth also its `area` per row.
+    segmentations: list[msgspec.Raw] | None = None
+    rle_rows: np.ndarray | None = None
+    area: np.ndarray | None = None
+    # Tables with `height` and `width` columns: each row's image size (n, 2), for EVAL_IOU_TYPE=segm.
+    row_sizes: np.ndarray | None = None
     images: list[ImageInfo] | None = None
     categories: list[CategoryInfo] | None = None
     image_refs_are_ids: bool = False
@@ -248,23 +256,24 @@ _SEGMENTATION = msgspec.json.Decoder(list[list[float]] | dict | None)
 _ROWS_PER_CHUNK = 2000
 
 
-def _polygons(segmentations: list[msgspec.Raw], uri: str, where: str) -> Polygons | None:
-    """Every row's polygon parts as one `Polygons`; None when no row has a polygon.
+def _polygons(segmentations: list[msgspec.Raw], uri: str, where: str) -> tuple[Polygons | None, np.ndarray]:
+    """Every row's polygon parts as one `Polygons` (None when no row has a polygon), and the rows
+    whose segmentation is RLE.
 
     The segmentations were kept as raw JSON while the file was decoded; they are decoded here a
     chunk of rows at a time and flattened into arrays. RLE (dict) and missing segmentations have
-    no parts; matching uses the row's box for them.
+    no parts; RLE is read by masks.py (EVAL_IOU_TYPE=segm) and refused where it cannot be used.
     """
     if segmentations.count(NO_SEGMENTATION) == len(segmentations):
-        return None
-    polygons = Polygons.concatenate([
-        _polygon_chunk(segmentations[start:start + _ROWS_PER_CHUNK], start, uri, where)
-        for start in range(0, len(segmentations), _ROWS_PER_CHUNK)
-    ])
-    return polygons if polygons.part_start.size > 1 else None
+        return None, np.zeros(0, np.int64)
+    chunks = [_polygon_chunk(segmentations[start:start + _ROWS_PER_CHUNK], start, uri, where)
+              for start in range(0, len(segmentations), _ROWS_PER_CHUNK)]
+    polygons = Polygons.concatenate([p for p, _ in chunks])
+    rle_rows = np.concatenate([r for _, r in chunks])
+    return (polygons if polygons.part_start.size > 1 else None), rle_rows
 
 
-def _polygon_chunk(raws: list[msgspec.Raw], first_row: int, uri: str, where: str) -> Polygons:
+def _polygon_chunk(raws: list[msgspec.Raw], first_row: int, uri: str, where: str) -> tuple[Polygons, np.ndarray]:
     try:
         segmentations = _SEGMENTATIONS.decode(b"[" + b",".join(raws) + b"]")
     except (msgspec.ValidationError, RecursionError):
@@ -276,6 +285,8 @@ def _polygon_chunk(raws: list[msgspec.Raw], first_row: int, uri: str, where: str
             except RecursionError:
                 raise InputDataError(f"{uri}: {where}[{first_row + i}].segmentation: {TOO_DEEP}") from None
         raise
+    rle_rows = first_row + np.flatnonzero(np.fromiter((isinstance(seg, dict) for seg in segmentations), dtype=bool,
+                                                       count=len(segmentations)))
     # All parts of all rows as one flat array, checked at once.
     rows = [seg if isinstance(seg, list) else [] for seg in segmentations]
     n_parts = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
@@ -289,7 +300,12 @@ def _polygon_chunk(raws: list[msgspec.Raw], first_row: int, uri: str, where: str
     if bad.size:
         row = first_row + int(np.searchsorted(np.cumsum(n_parts), bad[0], side="right"))
         raise InputDataError(f"{uri}: {where}[{row}].segmentation: a polygon needs >= 3 finite x, y pairs")
-    return Polygons.from_flat(flat, sizes, n_parts)
+    return Polygons.from_flat(flat, sizes, n_parts), rle_rows
+
+
+def _kept(segmentations: list[msgspec.Raw]) -> list[msgspec.Raw] | None:
+    """The raw segmentations, or None when no row has one."""
+    return None if segmentations.count(NO_SEGMENTATION) == len(segmentations) else segmentations
 
 
 def read_coco_ground_truth(blob: Blob) -> Table:
@@ -299,8 +315,11 @@ def read_coco_ground_truth(blob: Blob) -> Table:
         image_codes, image_refs = _id_codes([_ids(anns, "image_id")])
         category_codes, category_refs = _id_codes([_ids(anns, "category_id")])
         boxes = _box_column(anns, blob.uri, "annotations", optional=False)
-        polygons = _polygons(list(map(attrgetter("segmentation"), anns)), blob.uri, "annotations")
+        segmentations = list(map(attrgetter("segmentation"), anns))
+        polygons, rle_rows = _polygons(segmentations, blob.uri, "annotations")
         iscrowd = np.fromiter(map(bool, map(attrgetter("iscrowd"), anns)), dtype=bool, count=len(anns))
+        area = np.fromiter((np.nan if a is None else a for a in map(attrgetter("area"), anns)), dtype=np.float64,
+                           count=len(anns))
         images, categories = gt.images, gt.categories
         # Free the decoded objects while the GC is paused: re-enabled, it would scan them all once.
         del gt, anns
@@ -308,7 +327,8 @@ def read_coco_ground_truth(blob: Blob) -> Table:
         uri=blob.uri, format="coco", version=blob.version,
         image_codes=image_codes, image_refs=image_refs,
         category_codes=category_codes, category_refs=category_refs,
-        boxes=boxes, polygons=polygons, iscrowd=iscrowd,
+        boxes=boxes, polygons=polygons, iscrowd=iscrowd, area=area,
+        segmentations=_kept(segmentations), rle_rows=rle_rows,
         images=images, categories=categories, image_refs_are_ids=True,
     )
 
@@ -340,7 +360,8 @@ def read_coco_results(blob: Blob) -> Table:
         chunks = [_results(raws[first:first + _ROWS_PER_CHUNK], first, blob.uri)
                   for first in range(0, len(raws), _ROWS_PER_CHUNK)]
         del raws
-        polygons = _polygons([seg for chunk in chunks for seg in chunk.segmentations], blob.uri, "")
+        segmentations = [seg for chunk in chunks for seg in chunk.segmentations]
+        polygons, rle_rows = _polygons(segmentations, blob.uri, "")
     image_codes, image_refs = _id_codes([chunk.image_ids for chunk in chunks])
     category_codes, category_refs = _id_codes([chunk.category_ids for chunk in chunks])
     score = np.concatenate([chunk.score for chunk in chunks]) if chunks else np.zeros(0)
@@ -355,6 +376,7 @@ def read_coco_results(blob: Blob) -> Table:
         category_codes=category_codes, category_refs=category_refs,
         score=score, boxes=boxes, polygons=polygons,
         iscrowd=np.zeros(score.size, dtype=bool), image_refs_are_ids=True,
+        segmentations=_kept(segmentations), rle_rows=rle_rows,
     )
 
 
@@ -413,7 +435,9 @@ def _read_arrow(blob: Blob, fmt: str):
     _check_not_empty(blob)
     if fmt == "jsonl":
         _check_jsonl_depth(blob)
-    source = io.BytesIO(blob.data)
+    # An Arrow buffer reader, not a Python file: Arrow's threads never hold a Python object, which
+    # they would release after the interpreter is gone when a bad input ends the run (abort, 134).
+    source = pa.BufferReader(blob.data)
     try:
         if fmt == "csv":
             import pyarrow.csv as pacsv
@@ -422,7 +446,7 @@ def _read_arrow(blob: Blob, fmt: str):
         if fmt == "parquet":
             import pyarrow.parquet as pq
 
-            return pq.read_table(source)
+            return pq.ParquetFile(source).read()  # synchronous: no scan left running in the background
         if fmt == "jsonl":
             import pyarrow.json as pajson
 
@@ -558,5 +582,19 @@ def read_table(blob: Blob, fmt: str, columns, *, predictions: bool) -> Table:
         image_codes=image_codes, image_refs=image_refs,
         category_codes=category_codes, category_refs=category_refs,
         score=score, boxes=boxes, polygons=_table_polygons(table, columns("polygon"), uri),
-        iscrowd=np.zeros(len(image_codes), dtype=bool),
+        iscrowd=np.zeros(len(image_codes), dtype=bool), row_sizes=_table_sizes(table, columns, uri),
     )
+
+
+def _table_sizes(table, columns, uri: str) -> np.ndarray | None:
+    """(n, 2) height, width of each row's image from `height` and `width` columns; None without them."""
+    names = [columns("height"), columns("width")]
+    if not all(n in table.column_names for n in names):
+        return None
+    sizes = np.column_stack([_numeric(table, n, uri, our=n) for n in names])
+    bad = np.flatnonzero(~((sizes >= 1) & (sizes == np.floor(sizes)) & (sizes < 2**31)).all(axis=1))
+    if bad.size:
+        raise InputDataError(f"{uri}: row {bad[0] + 1}, columns {names}: image height and width must be whole "
+                             f"numbers >= 1, got {sizes[bad[0]].tolist()}")
+    return sizes.astype(np.int64)
+

@@ -106,8 +106,63 @@ def pair_ious(det: Objects, gt: Objects, pair_det: np.ndarray, pair_gt: np.ndarr
         return np.ones(pair_det.size)
     if geometry == "bbox":
         return box_iou_pairs(det.boxes[pair_det], gt.boxes[pair_gt], crowd)
+    if geometry == "segm":
+        from jobs.evaluate.masks import mask_iou_pairs
+
+        # One pycocotools matrix per image (all its classes): fewer calls; its C code skips pairs
+        # whose boxes do not overlap cheaply.
+        return mask_iou_pairs(det.masks, gt.masks, pair_det, pair_gt, crowd, det.image[pair_det])
     return polygon_iou_pairs(det.polygons.with_boxes(det.boxes), gt.polygons.with_boxes(gt.boxes),
                              pair_det, pair_gt, crowd, min_iou=min_iou)
+
+
+@dataclass
+class Pairs:
+    """Every (detection, ground truth) pair of a group that reaches `min_iou`, with its IoU.
+
+    Detections are in matching order `d_order` (group, descending score, input order), `d_rank`
+    the rank of each within its group; ground truths in `g_order` (group, input order).
+    pair_det / pair_gt index those orders; pairs are sorted by (rank, detection, ground truth).
+    """
+
+    n_det: int
+    d_order: np.ndarray
+    d_rank: np.ndarray
+    g_order: np.ndarray
+    pair_det: np.ndarray
+    pair_gt: np.ndarray
+    iou: np.ndarray
+
+    def capped(self, max_dets: int) -> "Pairs":
+        """Only the first `max_dets` detections of each group (pycocotools' maxDets)."""
+        keep = self.d_rank[self.pair_det] < max_dets
+        return Pairs(self.n_det, self.d_order, self.d_rank, self.g_order, self.pair_det[keep], self.pair_gt[keep],
+                     self.iou[keep])
+
+
+def candidate_pairs(det: Objects, gt: Objects, *, n_classes: int, geometry: str, min_iou: float) -> Pairs:
+    """The pairs any threshold >= min_iou can match, their IoUs computed once."""
+    n_det = det.image.size
+    empty = np.zeros(0, np.int64)
+    if n_det == 0 or gt.image.size == 0:
+        return Pairs(n_det, np.arange(n_det), np.zeros(n_det, np.int64), np.arange(gt.image.size), empty, empty,
+                     np.zeros(0))
+    det_group = det.image * n_classes + det.cls
+    gt_group = gt.image * n_classes + gt.cls
+    n_groups = int(max(det_group.max(), gt_group.max())) + 1
+    # Detections: by score descending, ties in input order (pycocotools' mergesort).
+    d_order, d_group, d_starts = _group_order(det_group, n_groups, *descending_rank(det.score))
+    d_rank = np.arange(n_det) - np.repeat(d_starts, np.diff(np.r_[d_starts, n_det]))
+    # Ground truth in input order: pycocotools sorts by the ignore flag (stably), and the matching
+    # below ranks ignored ones after the others itself, so equal candidates keep input order.
+    g_order, g_group, _ = _group_order(gt_group, n_groups, np.zeros(gt_group.size, np.int64), 1)
+    pair_det, pair_gt = _pairs(d_group, g_group)  # pair_det indexes d_order, pair_gt g_order
+    iou = pair_ious(det, gt, d_order[pair_det], g_order[pair_gt], geometry, min_iou=min_iou) if pair_det.size else np.zeros(0)
+    # Pairs below every threshold can never match: drop them before the rank loop.
+    reach = iou >= min_iou
+    pair_det, pair_gt, iou = pair_det[reach], pair_gt[reach], iou[reach]
+    by_rank = np.lexsort((pair_gt, pair_det, d_rank[pair_det]))
+    return Pairs(n_det, d_order, d_rank, g_order, pair_det[by_rank], pair_gt[by_rank], iou[by_rank])
 
 
 def match_detections(det: Objects, gt: Objects, *, n_classes: int, iou_threshold: float, geometry: str) -> Matches:
@@ -115,52 +170,60 @@ def match_detections(det: Objects, gt: Objects, *, n_classes: int, iou_threshold
     return match_at_thresholds(det, gt, n_classes=n_classes, iou_thresholds=[iou_threshold], geometry=geometry)[0]
 
 
-def match_at_thresholds(det: Objects, gt: Objects, *, n_classes: int, iou_thresholds, geometry: str) -> list[Matches]:
+def lowest_threshold(iou_thresholds) -> float:
+    return min(float(np.min(iou_thresholds)), 1 - 1e-10)  # pycocotools clips t to 1 - 1e-10
+
+
+def match_at_thresholds(det: Objects, gt: Objects, *, n_classes: int, iou_thresholds, geometry: str,
+                        pairs: Pairs | None = None) -> list[Matches]:
     """`match_detections` at each IoU threshold, independently, sharing the pairs and their IoUs.
 
     The thresholds run side by side in the same rank steps (a leading axis of length T), so T
     thresholds cost T times the array work but not T times the Python steps or the IoUs.
     """
+    if pairs is None:
+        pairs = candidate_pairs(det, gt, n_classes=n_classes, geometry=geometry, min_iou=lowest_threshold(iou_thresholds))
     thresholds = np.asarray(iou_thresholds, dtype=np.float64)
-    n_t, n_det = thresholds.size, det.image.size
+    tp, ignored = greedy_match(pairs, thresholds, gt.crowd[pairs.g_order], gt.crowd[pairs.g_order])
+    return [Matches(tp[t], ignored[t]) for t in range(thresholds.size)]
+
+
+def greedy_match(pairs: Pairs, thresholds: np.ndarray, gt_ignore: np.ndarray, gt_crowd: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`greedy_hits` as (S, n_det) true-positive and matched-an-ignored-one flags, in input order."""
+    n_t, n_det = thresholds.size, pairs.n_det
     tp = np.zeros((n_t, n_det), dtype=bool)
     ignored = np.zeros((n_t, n_det), dtype=bool)
-    if n_det == 0 or gt.image.size == 0:
-        return [Matches(tp[t], ignored[t]) for t in range(n_t)]
+    scenario, det, hit_ignored = greedy_hits(pairs, thresholds, gt_ignore, gt_crowd)
+    tp[scenario[~hit_ignored], det[~hit_ignored]] = True
+    ignored[scenario[hit_ignored], det[hit_ignored]] = True
+    return tp, ignored
 
-    det_group = det.image * n_classes + det.cls
-    gt_group = gt.image * n_classes + gt.cls
-    n_groups = int(max(det_group.max(), gt_group.max())) + 1
-    # Detections: by score descending, ties in input order (pycocotools' mergesort).
-    d_order, d_group, d_starts = _group_order(det_group, n_groups, *descending_rank(det.score))
-    d_rank = np.arange(n_det) - np.repeat(d_starts, np.diff(np.r_[d_starts, n_det]))
-    # Ground truth: non-crowd first, then input order (pycocotools sorts by the ignore flag).
-    g_order, g_group, _ = _group_order(gt_group, n_groups, gt.crowd.astype(np.int64), 2)
-    g_crowd = gt.crowd[g_order]
 
-    pair_det, pair_gt = _pairs(d_group, g_group)  # pair_det indexes d_order, pair_gt g_order
+def greedy_hits(pairs: Pairs, thresholds: np.ndarray, gt_ignore: np.ndarray, gt_crowd: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """pycocotools' evaluateImg matching in S scenarios side by side: scenario s matches at
+    thresholds[s] with ground truths gt_ignore[s] (S, n_gt in g_order; (n_gt,) when the same for
+    all) ignored (crowd, or outside an area range). A detection takes the best unmatched non-ignored ground truth, else the best
+    ignored one (then it is ignored itself); crowd regions (gt_crowd) can be taken again.
+
+    Returns the matched detections, sparse: scenario, detection (input index) and whether the
+    ground truth it took is an ignored one (else it is a true positive).
+    """
+    n_t = thresholds.size
+    pair_det, pair_gt, iou = pairs.pair_det, pairs.pair_gt, pairs.iou
+    empty = np.zeros(0, np.int64)
     if pair_det.size == 0:
-        return [Matches(tp[t], ignored[t]) for t in range(n_t)]
-    lowest = min(thresholds.min(), 1 - 1e-10)  # pycocotools clips t to 1 - 1e-10
-    iou = pair_ious(det, gt, d_order[pair_det], g_order[pair_gt], geometry, min_iou=lowest)
-    # Pairs below every threshold can never match: drop them before the rank loop.
-    reach = iou >= lowest
-    pair_det, pair_gt, iou = pair_det[reach], pair_gt[reach], iou[reach]
+        return empty, empty, np.zeros(0, bool)
     limit = np.minimum(thresholds, 1 - 1e-10)[:, None]  # pycocotools clips t the same way
-    # Candidate score: any non-crowd match beats any crowd match; within each kind the higher IoU.
-    pair_crowd = g_crowd[pair_gt]
-    candidate = np.where(iou >= limit, iou + np.where(pair_crowd, 0.0, 2.0), -1.0)  # (T, pairs)
+    pair_crowd = gt_crowd[pair_gt]
+    pair_ignore = gt_ignore[..., pair_gt]  # (S, pairs), or (pairs,) when every scenario ignores the same
+    # Candidate score: any non-ignored match beats any ignored one; within each kind the higher IoU.
+    candidate = np.where(iou >= limit, iou + np.where(pair_ignore, 0.0, 2.0), -1.0)  # (S, pairs)
+    pair_rank = pairs.d_rank[pair_det]
+    rank_bounds = np.searchsorted(pair_rank, np.arange(pair_rank[-1] + 2))
+    shared = pair_ignore.ndim == 1
 
-    # Pairs ordered by the rank of their detection, then detection, then ground truth.
-    pair_rank = d_rank[pair_det]
-    by_rank = np.lexsort((pair_gt, pair_det, pair_rank))
-    pair_det, pair_gt, pair_crowd, pair_rank = pair_det[by_rank], pair_gt[by_rank], pair_crowd[by_rank], pair_rank[by_rank]
-    candidate = candidate[:, by_rank]
-    rank_bounds = np.searchsorted(pair_rank, np.arange(pair_rank[-1] + 2)) if pair_rank.size else np.zeros(1, np.int64)
-
-    gt_taken = np.zeros((n_t, g_group.size), dtype=bool)
-    tp_sorted = np.zeros((n_t, n_det), dtype=bool)
-    ignored_sorted = np.zeros((n_t, n_det), dtype=bool)
+    gt_taken = np.zeros((n_t, pairs.g_order.size), dtype=bool)
+    found = []
     for k in range(rank_bounds.size - 1):
         lo, hi = rank_bounds[k], rank_bounds[k + 1]
         if lo == hi:
@@ -176,11 +239,10 @@ def match_at_thresholds(det: Objects, gt: Objects, *, n_classes: int, iou_thresh
         chosen = np.maximum.reduceat(np.where(at_best, np.arange(p_det.size), -1), starts, axis=1)
         t_hit, s_hit = np.nonzero(chosen >= 0)
         chosen = chosen[t_hit, s_hit]
-        hit_det, hit_gt, hit_crowd = p_det[chosen], p_gt[chosen], p_crowd[chosen]
-        tp_sorted[t_hit[~hit_crowd], hit_det[~hit_crowd]] = True
-        ignored_sorted[t_hit[hit_crowd], hit_det[hit_crowd]] = True
+        hit_gt, hit_crowd = p_gt[chosen], p_crowd[chosen]
+        found.append((t_hit, p_det[chosen], pair_ignore[lo + chosen] if shared else pair_ignore[t_hit, lo + chosen]))
         gt_taken[t_hit[~hit_crowd], hit_gt[~hit_crowd]] = True
-
-    tp[:, d_order] = tp_sorted
-    ignored[:, d_order] = ignored_sorted
-    return [Matches(tp[t], ignored[t]) for t in range(n_t)]
+    if not found:
+        return empty, empty, np.zeros(0, bool)
+    scenario, det_sorted, hit_ignored = (np.concatenate(parts) for parts in zip(*found))
+    return scenario, pairs.d_order[det_sorted], hit_ignored

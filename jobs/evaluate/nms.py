@@ -2,7 +2,7 @@
 
 Within each (image, class), detections are visited in descending score (ties in input order); a
 detection is dropped when its IoU with a higher-ranked detection that was kept is greater than
-the NMS threshold (torchvision's `nms` rule: `IoU > t` suppresses). Boxes use the same IoU
+the NMS threshold (torchvision's `nms` rule: `IoU > t` suppresses). Boxes and masks use the same IoU
 arithmetic as matching; polygons use exact polygon IoU; image-level rows (no geometry) overlap
 completely, so NMS keeps only the best-scored row of each (image, class).
 
@@ -38,6 +38,10 @@ def _pair_ious(det: Objects, a: np.ndarray, b: np.ndarray, geometry: str) -> np.
         return np.ones(a.size)
     if geometry == "bbox":
         return box_iou_pairs(det.boxes[a], det.boxes[b], no_crowd)
+    if geometry == "segm":
+        from jobs.evaluate.masks import mask_iou_within
+
+        return mask_iou_within(det.masks, a, b, det.image[a].astype(np.int64) * (int(det.cls.max()) + 1) + det.cls[a])
     polygons = det.polygons.with_boxes(det.boxes)
     return polygon_iou_pairs(polygons, polygons, a, b, no_crowd)
 

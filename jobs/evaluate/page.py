@@ -323,7 +323,20 @@ def _header(report, report_name: str) -> str:
                 f' <span class="muted">({ious})</span>')
     headline = (f'<p class="headline">mAP <b id="map">{_f(s.mean_average_precision)}</b> &middot; macro F1 '
                 f'<b id="macro-f1">{_f(s.macro_f1)}</b> &middot; global threshold {_f(s.global_threshold, ".4f")}{coco}</p>')
-    return (f"<header><h1>Detection thresholds &mdash; run {escape(r.id)}</h1>{headline}{_kv(pairs)}</header>")
+    return (f"<header><h1>Detection thresholds &mdash; run {escape(r.id)}</h1>{headline}{_kv(pairs)}"
+            f"{_coco_table(report)}</header>")
+
+
+def _coco_table(report) -> str:
+    """COCO's standard summary (the 12 numbers pycocotools' summarize() prints), when the report has one."""
+    if report.coco is None:
+        return ""
+    stats = report.coco.stats.model_dump()
+    head = "".join(f"<th scope='col'>{escape(k)}</th>" for k in stats)
+    cells = "".join(f"<td>{_f(v)}</td>" for v in stats.values())
+    return (f'<h2>COCO summary ({escape(report.coco.iou_type)})</h2><table id="coco-summary"><tr>{head}</tr>'
+            f'<tr>{cells}</tr></table><p class="muted">{escape(report.coco.parameters)}; thresholds come from the '
+            "single-IoU evaluation.</p>")
 
 
 def _sections(report) -> list[str]:

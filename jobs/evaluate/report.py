@@ -75,8 +75,12 @@ class Alignment(BaseModel):
         0, description="image-level only: rows after the first for the same (image, class), folded into its maximum score")
 
 
+Geometry = Literal["bbox", "polygon", "segm", "image"]
+
+
 class Matching(BaseModel):
-    geometry: Literal["bbox", "polygon", "image"] = Field(description="'image' is image-level multi-label matching")
+    geometry: Geometry = Field(description="'segm': COCO masks; 'polygon': exact polygon IoU; 'image': image-level multi-label matching")
+    reason: str = Field("", description="why this geometry (EVAL_IOU_TYPE, or what 'auto' found in the inputs)")
     iou_threshold: float
     policy: str
     iou_thresholds: list[float] | None = Field(None, description="EVAL_IOU_THRESHOLDS: the extra IoUs AP is reported at")
@@ -88,7 +92,7 @@ class Matching(BaseModel):
 class Nms(BaseModel):
     iou_threshold: float = Field(description="a detection is dropped when IoU > this with a kept, higher-scored one")
     scope: str = Field("per image and class", description="NMS never suppresses across images or classes")
-    geometry: Literal["bbox", "polygon", "image"] = Field(description="'image': rows have no geometry, so the best row per (image, class) is kept")
+    geometry: Geometry = Field(description="'image': rows have no geometry, so the best row per (image, class) is kept")
     detections_before: int
     detections_after: int
 
@@ -232,6 +236,39 @@ class Drift(BaseModel):
         description="settings that change thresholds and differ from the baseline's (comparison may be unfair)")
 
 
+class CocoStats(BaseModel):
+    """pycocotools' summarize() order; null where pycocotools prints -1 (no ground truth in the range)."""
+
+    AP: float | None = Field(description="AP @ IoU 0.50:0.95, all areas, maxDets 100")
+    AP50: float | None = Field(description="AP @ IoU 0.50")
+    AP75: float | None = Field(description="AP @ IoU 0.75")
+    APs: float | None = Field(description="AP, small objects (area < 32^2)")
+    APm: float | None = Field(description="AP, medium objects (32^2 .. 96^2)")
+    APl: float | None = Field(description="AP, large objects (> 96^2)")
+    AR1: float | None = Field(description="AR @ IoU 0.50:0.95, maxDets 1")
+    AR10: float | None = Field(description="AR, maxDets 10")
+    AR100: float | None = Field(description="AR, maxDets 100")
+    ARs: float | None
+    ARm: float | None
+    ARl: float | None
+
+
+class CocoClass(BaseModel):
+    class_id: int | str | None
+    name: str
+    average_precision: float | None = Field(description="AP @ IoU 0.50:0.95, all areas, maxDets 100; null without ground truth")
+
+
+class CocoSummary(BaseModel):
+    iou_type: Literal["bbox", "segm"]
+    parameters: str = Field("pycocotools defaults: IoU 0.50:0.05:0.95, areas all/small/medium/large, maxDets 1/10/100, "
+                            "all annotated images", description="what the numbers are computed under")
+    stats: CocoStats
+    area_ranges_note: str | None = Field(None, description="why the small/medium/large numbers are null, when "
+                                         "that is not pycocotools' own -1 (no ground truth in the range)")
+    classes: list[CocoClass] = Field(description="per class AP@[.5:.95] at maxDets 100")
+
+
 class Artifacts(BaseModel):
     index: str | None = Field(description="the HTML page, relative to the report")
     plots: list[str] = Field(description="PNG files, relative to the report")
@@ -247,6 +284,7 @@ class Report(BaseModel):
     matching: Matching
     classes: list[ClassResult]
     summary: Summary
+    coco: CocoSummary | None = Field(None, description="COCO's standard summary (COCO ground truth, bbox or segm)")
     nms: Nms | None = None
     holdout: Holdout | None = None
     calibration: Calibration | None = None

@@ -2,6 +2,7 @@
 
 import json
 import math
+from enum import Enum
 from typing import Annotated, Literal
 
 import numpy as np
@@ -13,12 +14,21 @@ from common.settings import check_uri
 from jobs.evaluate.formats import REGISTRY
 from jobs.evaluate.sweep import Policy
 
-TABLE_COLUMNS = ("image", "category", "score", "bbox_x", "bbox_y", "bbox_w", "bbox_h", "polygon")
+TABLE_COLUMNS = ("image", "category", "score", "bbox_x", "bbox_y", "bbox_w", "bbox_h", "polygon", "height", "width")
 # The EVAL_FORMAT values: 'auto' and every format in the registry.
 Format = Literal[("auto", *REGISTRY)]
 MAX_IOU_THRESHOLDS = 1001  # 0.001 steps over (0, 1]; more only costs memory and report size
 # EVAL_POLICY is parsed once, here; the report and --help show its text.
 PolicySetting = Annotated[Policy, NoDecode, PlainValidator(Policy.parse), PlainSerializer(str, return_type=str)]
+
+
+class IouType(str, Enum):
+    """EVAL_IOU_TYPE: what a detection's overlap with a ground truth is measured on."""
+
+    AUTO = "auto"  # segm when both sides carry segmentations and image sizes are known; else polygon, else bbox
+    BBOX = "bbox"
+    SEGM = "segm"  # COCO masks, exactly as pycocotools iouType='segm'
+    POLYGON = "polygon"  # exact polygon IoU, for polygon-only inputs without image sizes
 
 
 class EvalSettings(BaseSettings):
@@ -57,8 +67,12 @@ class EvalSettings(BaseSettings):
         "basename",
         description="How image names join: 'basename' (lower-cased file name without folders or extension) or 'exact'.",
     )
-    iou_type: Literal["auto", "bbox", "polygon"] = Field(
-        "auto", description="'auto' uses polygon IoU when both sides carry polygons, else boxes."
+    iou_type: IouType = Field(
+        IouType.AUTO,
+        description="'segm': COCO masks (polygons and RLE rasterised at each image's height x width, as pycocotools "
+        "iouType='segm'); 'polygon': exact polygon IoU (polygons only, no image sizes needed); 'bbox': boxes. 'auto': "
+        "segm when both sides carry segmentations and the images have sizes, else polygon when both carry polygons, "
+        "else bbox.",
     )
     policy: PolicySetting = Field(
         "f1", validate_default=True,

@@ -110,8 +110,9 @@ def make_polygon_case(seed: int, *, n_images=40, n_classes=3, size=400):
     return {"images": images, "annotations": anns, "categories": categories}, dets
 
 
-def run_cocoeval(gt: dict, dets: list, tmp_path: Path, iou_thresholds=None, iou_type="bbox"):
-    """pycocotools' COCOeval (area 'all', no per-image cap) after evaluate() and accumulate().
+def run_cocoeval(gt: dict, dets: list, tmp_path: Path, iou_thresholds=None, iou_type="bbox", *, defaults=False):
+    """pycocotools' COCOeval (area 'all', no per-image cap) after evaluate() and accumulate();
+    with `defaults`, under its default parameters and summarize() run too (`ev.stats`).
 
     For `iou_type="segm"` the results' polygons are rasterised to RLE first (loadRes wants RLE).
 
@@ -125,6 +126,7 @@ def run_cocoeval(gt: dict, dets: list, tmp_path: Path, iou_thresholds=None, iou_
     from pycocotools.cocoeval import COCOeval
 
     renumbered = {**gt, "annotations": [{**a, "id": n + 1} for n, a in enumerate(gt["annotations"])]}
+    dets = [dict(d) for d in dets]  # loadRes adds keys to the results it is given
     path = tmp_path / "oracle_annotations.json"
     path.write_text(json.dumps(renumbered))
     with contextlib.redirect_stdout(io.StringIO()):
@@ -134,8 +136,13 @@ def run_cocoeval(gt: dict, dets: list, tmp_path: Path, iou_thresholds=None, iou_
 
             size = {im["id"]: (im["height"], im["width"]) for im in gt["images"]}
             dets = [{**d, "segmentation": mask_utils.merge(mask_utils.frPyObjects(d["segmentation"], *size[d["image_id"]]))}
-                    for d in dets]
+                    if isinstance(d["segmentation"], list) else d for d in dets]
         ev = COCOeval(coco_gt, coco_gt.loadRes(dets) if dets else COCO(), iou_type)
+        if defaults:
+            ev.evaluate()
+            ev.accumulate()
+            ev.summarize()
+            return ev
         if iou_thresholds is not None:
             ev.params.iouThrs = np.array(iou_thresholds)
         ev.params.maxDets = [10**6]
@@ -144,3 +151,92 @@ def run_cocoeval(gt: dict, dets: list, tmp_path: Path, iou_thresholds=None, iou_
         ev.evaluate()
         ev.accumulate()
     return ev
+
+
+def uncompressed_rle(mask: np.ndarray) -> dict:
+    """COCO's uncompressed RLE of a (h, w) bool mask: run lengths in column-major order, zeros first."""
+    flat = mask.ravel(order="F").astype(np.int8)
+    change = np.flatnonzero(np.diff(flat)) + 1
+    runs = np.diff(np.r_[0, change, flat.size]).tolist()
+    return {"size": list(mask.shape), "counts": ([0] if flat.size and flat[0] else []) + runs}
+
+
+def compressed_rle(mask: np.ndarray) -> dict:
+    from pycocotools import mask as mask_utils
+
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return {"size": rle["size"], "counts": rle["counts"].decode()}
+
+
+def make_mask_case(seed: int, *, n_images=25, n_classes=4, det_boxes=True, crowd_rate=0.1):
+    """A COCO case with every segmentation encoding on both sides, at non-square image sizes.
+
+    Ground truth: ellipses as polygons (some of two overlapping parts, some self-intersecting),
+    compressed RLE and uncompressed RLE; crowd regions as uncompressed RLE (as COCO val2017 marks
+    them); annotation ids from 0; `area` the mask's. Sizes span COCO's small, medium and large.
+    Detections: jittered copies and false positives in all three encodings, scores with ties;
+    with `det_boxes` each also has its mask's bbox (pycocotools then takes area ranges from it).
+    """
+    from pycocotools import mask as mask_utils
+
+    rng = np.random.default_rng(seed)
+    categories = [{"id": 5 + 2 * c, "name": f"thing{c}"} for c in range(n_classes)]
+    images, anns, dets = [], [], []
+
+    def ellipse(h, w, cx, cy, rx, ry, n=24):
+        t = np.linspace(0, 2 * np.pi, n, endpoint=False)
+        return np.round(np.column_stack([cx + rx * np.cos(t), cy + ry * np.sin(t)]), 2).ravel().tolist()
+
+    def encode(parts, h, w, how):
+        rle = mask_utils.merge(mask_utils.frPyObjects(parts, h, w))
+        if how == "polygon":
+            return parts
+        mask = mask_utils.decode(rle).astype(bool)
+        return compressed_rle(mask) if how == "compressed" else uncompressed_rle(mask)
+
+    def shape(h, w, cx, cy, rx, ry, kind):
+        if kind == "two parts":  # overlapping parts: their union
+            return [ellipse(h, w, cx - rx / 3, cy, rx * 0.7, ry), ellipse(h, w, cx + rx / 3, cy, rx * 0.7, ry * 0.8)]
+        if kind == "bowtie":  # a self-intersecting ring
+            return [[cx - rx, cy - ry, cx + rx, cy + ry, cx + rx, cy - ry, cx - rx, cy + ry]]
+        return [ellipse(h, w, cx, cy, rx, ry)]
+
+    hows = ["polygon", "compressed", "uncompressed"]
+    kinds = ["one", "one", "two parts", "bowtie"]
+    for i in range(n_images):
+        image_id = 11 * i + 2
+        h, w = int(rng.integers(90, 260)), int(rng.integers(90, 260))
+        images.append({"id": image_id, "file_name": f"m{image_id}.png", "height": h, "width": w})
+        for _ in range(rng.integers(0, 6)):
+            cat = categories[int(rng.integers(n_classes - 1))]["id"]
+            rx, ry = rng.uniform(2, min(60, w / 2 - 2)), rng.uniform(2, min(60, h / 2 - 2))
+            cx, cy = rng.uniform(rx, w - rx), rng.uniform(ry, h - ry)
+            kind = kinds[int(rng.integers(len(kinds)))]
+            crowd = rng.random() < crowd_rate
+            parts = shape(h, w, cx, cy, rx, ry, kind)
+            seg = encode(parts, h, w, "uncompressed" if crowd else hows[int(rng.integers(3))])
+            area = float(mask_utils.area(mask_utils.merge(mask_utils.frPyObjects(parts, h, w))))
+            bbox = mask_utils.toBbox(mask_utils.merge(mask_utils.frPyObjects(parts, h, w))).tolist()
+            anns.append({"id": len(anns), "image_id": image_id, "category_id": cat, "segmentation": seg,
+                         "area": area, "bbox": bbox, "iscrowd": int(crowd)})
+            for _ in range(rng.integers(0, 3)):
+                jx, jy = rng.normal(0, 0.15 * rx), rng.normal(0, 0.15 * ry)
+                moved = shape(h, w, np.clip(cx + jx, 1, w - 1), np.clip(cy + jy, 1, h - 1),
+                              rx * rng.uniform(0.8, 1.2), ry * rng.uniform(0.8, 1.2), kind)
+                dets.append({"image_id": image_id, "category_id": cat, "parts": moved, "h": h, "w": w,
+                             "score": round(float(rng.random()), 2)})
+        for _ in range(rng.integers(0, 4)):
+            rx, ry = rng.uniform(3, 40, 2)
+            parts = [ellipse(h, w, rng.uniform(rx, w - rx), rng.uniform(ry, h - ry), rx, ry)]
+            dets.append({"image_id": image_id, "category_id": categories[int(rng.integers(n_classes))]["id"],
+                         "parts": parts, "h": h, "w": w, "score": round(float(rng.random()), 2)})
+    out = []
+    for d in dets:
+        how = hows[int(rng.integers(3))] if det_boxes else "compressed"
+        rle = mask_utils.merge(mask_utils.frPyObjects(d["parts"], d["h"], d["w"]))
+        entry = {"image_id": d["image_id"], "category_id": d["category_id"], "score": d["score"],
+                 "segmentation": encode(d["parts"], d["h"], d["w"], how)}
+        if det_boxes:
+            entry["bbox"] = mask_utils.toBbox(rle).tolist()
+        out.append(entry)
+    return {"images": images, "annotations": anns, "categories": categories}, out

@@ -93,6 +93,16 @@ def test_yolo_folders_give_the_coco_report(images, tmp_path, monkeypatch):
     assert got.inputs["annotations"].format == got.inputs["predictions"].format == "yolo"
     assert got.matching.coordinates == ("pixels" if images else "normalised")
     assert (got.matching.coordinates_note is None) == images
+    # COCO's summary: equal with pixel sizes; normalised, the area-range numbers are null with the reason.
+    area = {"APs", "APm", "APl", "ARs", "ARm", "ARl"}
+    g, w = got.coco.stats.model_dump(), want.coco.stats.model_dump()
+    for name in g:
+        if images or name not in area:
+            assert g[name] == pytest.approx(w[name], abs=1e-12), name
+        else:
+            assert g[name] is None, name
+    assert (got.coco.area_ranges_note is None) == images
+    assert images or any(w[name] is not None for name in area)  # the case has objects in some range
 
 
 def test_yolo_predictions_against_coco_ground_truth(tmp_path, monkeypatch):

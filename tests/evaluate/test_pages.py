@@ -68,6 +68,7 @@ def test_local_page_with_every_feature(tmp_path, monkeypatch):
             assert kinds == {"pr.png", "f1.png", "reliability.png"}
     for section in ("Holdout", "Calibration", "Bootstrap", "Drift", "Reliability, all classes", "PNG plots"):
         assert f">{section}" in html
+    assert "COCO summary (bbox)" in html and f"<td>{report['coco']['stats']['AP']:.3f}</td>" in html
 
 
 def test_image_level_page(tmp_path, monkeypatch):

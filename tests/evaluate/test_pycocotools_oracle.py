@@ -15,9 +15,9 @@ import pytest
 from tests.evaluate.helpers import evaluate, make_coco_case, make_polygon_case, run_cocoeval, write_case
 
 
-def pycocotools_oracle(gt, dets, iou, tmp_path):
+def pycocotools_oracle(gt, dets, iou, tmp_path, iou_type="bbox"):
     """Per category id: AP at one IoU (no per-image cap) and the F1-optimal point from its matches."""
-    ev = run_cocoeval(gt, dets, tmp_path, iou_thresholds=[iou])
+    ev = run_cocoeval(gt, dets, tmp_path, iou_thresholds=[iou], iou_type=iou_type)
     out = {}
     for k, cat in enumerate(ev.params.catIds):
         prec = ev.eval["precision"][0, :, k, 0, 0]
