@@ -177,3 +177,15 @@ def test_training_caches_are_writable(doc, pod):
             continue
         mounts = {m["mountPath"] for m in c["volumeMounts"]}
         assert {"/tmp", "/var/cache/ml-train", "/dev/shm"} <= mounts
+
+
+@pytest.mark.parametrize(("doc", "pod"), list(workloads()))
+def test_images_are_pinned_by_digest(doc, pod):
+    """Every image by digest (then IfNotPresent is right), except the local overlay's own builds,
+    which `kind load` puts on the node without a registry digest."""
+    local = doc["metadata"].get("annotations", {}).get("checkov.io/skip3", "").startswith("CKV_K8S_43=")
+    for c in containers(pod):
+        image = c["image"]
+        if not (local and image.startswith(("ml-evaluate:", "ml-train:"))):
+            assert re.search(r"@sha256:[0-9a-f]{64}$", image), f"{name_of(doc)}: {image} not pinned by digest"
+        assert c.get("imagePullPolicy", "IfNotPresent") == "IfNotPresent", name_of(doc)
