@@ -153,3 +153,10 @@ def test_cronjob_schedule_policy():
         assert env["EVAL_OUTPUT_LAYOUT"]["value"] == "runs"
         assert env["EVAL_BASELINE_URI"]["value"] == "latest"
         assert spec["jobTemplate"]["spec"]["activeDeadlineSeconds"] < 24 * 3600
+
+
+def test_multi_node_forms_say_what_a_lost_node_does():
+    """Issue 12: which pods are recreated, by which setting, when a node dies outright."""
+    for name in ("train-indexed/train-indexed-job.yaml", "train-jobset/train-jobset.yaml"):
+        text = (K8S / "components" / name).read_text()
+        assert "A LOST NODE" in text and "DisruptionTarget" in text and "out-of-service" in text, name
