@@ -44,6 +44,10 @@ def test_pod_is_restricted(doc, pod):
     assert not pod.get("hostNetwork") and not pod.get("hostPID") and not pod.get("hostIPC")
     volumes = {v["name"]: v for v in pod.get("volumes", [])}
     assert all("hostPath" not in v for v in volumes.values())
+    # The restricted profile's volume types (everything else is refused at admission).
+    allowed = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim", "projected", "secret"}
+    assert all(set(v) - {"name"} <= allowed for v in volumes.values()), volumes
+    assert not pod.get("securityContext", {}).get("sysctls"), "only safe sysctls pass; none are needed"
     for c in containers(pod):
         where = f"{name_of(doc)} container {c['name']}"
         csc = c.get("securityContext", {})
@@ -53,6 +57,8 @@ def test_pod_is_restricted(doc, pod):
         assert csc.get("privileged") in (None, False), where
         assert csc.get("readOnlyRootFilesystem") is True, where
         assert csc.get("runAsUser", 1) != 0, where
+        assert not any(p.get("hostPort") for p in c.get("ports", [])), f"{where}: hostPort"
+        assert csc.get("seccompProfile", {}).get("type", "RuntimeDefault") in ("RuntimeDefault", "Localhost"), where
         if doc["kind"] != "TrainJob":  # no runtime patch can set it (train-trainjob.yaml)
             assert c.get("terminationMessagePolicy") == "FallbackToLogsOnError", where
         image = c["image"]
