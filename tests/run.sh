@@ -16,6 +16,11 @@ if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null
   DEBIAN_FRONTEND=noninteractive $as_root apt-get install -y -qq chromium chromium-driver >/dev/null
 fi
 
+# The security scan (tests/k8s/test_checkov.py): checkov pins boto3 below the project's, so it has
+# its own virtual environment, outside the project's.
+[ -x .venv-checkov/bin/checkov ] || { python3 -m venv .venv-checkov &&
+  .venv-checkov/bin/python -m pip install -q --disable-pip-version-check checkov==3.3.30; }
+
 # Container-image tests build and run images daemonless (buildah/podman) on a locally made base.
 if [ -f tests/images/prepare.sh ]; then
   bash tests/images/prepare.sh

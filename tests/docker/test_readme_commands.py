@@ -65,9 +65,9 @@ def test_docker_section_builds_and_composes_what_exists():
         if "-f" in cmd:
             assert (ROOT / cmd[cmd.index("-f") + 1]).exists(), cmd
     compose = yaml.safe_load((ROOT / "docker" / "compose.yaml").read_text())
-    assert any(c[:4] == ["docker", "compose", "-f", "docker/compose.yaml"] and "up" in c for c in cmds)
+    assert any(c[:5] == ["docker", "compose", "-f", "docker/compose.yaml", "run"] for c in cmds)
     for cmd in cmds:
-        if cmd[:2] == ["docker", "compose"] and "run" in cmd:
+        if cmd[:2] == ["docker", "compose"] and "--entrypoint" in cmd:
             assert cmd[cmd.index("--entrypoint") + 2] in compose["services"]
 
 
@@ -82,17 +82,34 @@ def test_kubernetes_section_names_real_overlays_and_the_cronjob():
         assert (ROOT / path).exists(), path
 
 
-def test_compose_up_commands_watch_one_job_each():
-    """A bare `up --abort-on-container-exit` stops every service at the first exit (train is killed
-    when evaluate ends): each README/compose `up` must name the one job it waits for."""
+JOB_SERVICES = {"evaluate", "train"}
+
+
+def compose_lines() -> list[str]:
     root = Path(__file__).resolve().parents[2]
-    ups = [line for f in (root / "README.md", root / "docker" / "compose.yaml")
-           for line in f.read_text().splitlines() if "compose -f docker/compose.yaml up" in line]
-    assert ups
-    for line in ups:
-        args = line.split("up", 1)[1].split()
-        if "--exit-code-from" in args or "--abort-on-container-exit" in args:
-            assert "--exit-code-from" in args, line
-            value_at = args.index("--exit-code-from") + 1
-            services = [a for i, a in enumerate(args) if not a.startswith("-") and i != value_at]
-            assert services == [args[value_at]], f"`up` must name only the service it exits with: {line}"
+    return [line for f in (root / "README.md", root / "docker" / "compose.yaml")
+            for line in f.read_text().splitlines() if "compose -f docker/compose.yaml" in line]
+
+
+def test_compose_commands_run_one_job_each():
+    """Each job on its own, after the store is seeded: `run --rm --no-deps JOB` starts and watches
+    JOB alone and exits with its code. No `up` for a job: podman-compose's `up --exit-code-from JOB
+    JOB` watches the dependencies too (mc-init exiting stops JOB; the image tests' compose run found
+    it), and a bare --abort-on-container-exit stops the stack at the first exit."""
+    lines = compose_lines()
+    assert lines
+    jobs_run = set()
+    for line in lines:
+        args = line.split("compose -f docker/compose.yaml", 1)[1].split("#")[0].split()
+        assert args[0] != "up", f"a job started by `up`: {line}"
+        if args[0] == "run":
+            service = next(a for i, a in enumerate(args[1:], 1)
+                           if not a.startswith("-") and args[i - 1] != "--entrypoint")
+            if service in JOB_SERVICES:
+                assert "--no-deps" in args and "--rm" in args, line
+                jobs_run.add(service)
+    assert jobs_run == JOB_SERVICES
+    # The store is seeded first, by the seeding service's own run (it starts MinIO as its dependency).
+    readme = [ln for ln in lines if ln.startswith("docker compose")]
+    seed = next(i for i, ln in enumerate(readme) if ln.split()[4:7] == ["run", "--rm", "mc-init"])
+    assert all(seed < i for i, ln in enumerate(readme) if "--no-deps evaluate" in ln or "--no-deps train" in ln)

@@ -17,7 +17,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from tests.k8s.manifests import CRD_KINDS, K8S, OVERLAYS, name_of, render
+from tests.k8s.manifests import CRD_KINDS, K8S, OVERLAYS, name_of, render, trainjob_pod
+from tests.k8s.test_policies import placeholders_only
 
 VERSIONS = ("1.31.0", "1.37.0")
 # Fields of the CRDs' specs (JobSet v0.8+ v1alpha2 API; Kubeflow Trainer v2 v1alpha1 API).
@@ -28,7 +29,7 @@ JOBSET_FAILURE_ACTIONS = {"FailJobSet", "RestartJobSet", "RestartJobSetAndIgnore
 JOB_FAILURE_REASONS = {"BackoffLimitExceeded", "DeadlineExceeded", "FailedIndexes",
                        "MaxFailedIndexesExceeded", "PodFailurePolicy"}
 TRAINJOB_SPEC = {"runtimeRef", "initializer", "trainer", "labels", "annotations",
-                 "podTemplateOverrides", "suspend", "managedBy"}
+                 "podTemplateOverrides", "suspend", "managedBy", "runtimePatches"}
 TRAINJOB_TRAINER = {"image", "command", "args", "env", "numNodes", "resourcesPerNode", "numProcPerNode"}
 
 
@@ -62,11 +63,9 @@ def validate_trainjob(doc: dict) -> None:
     assert spec["runtimeRef"]["name"]
     trainer = spec["trainer"]
     assert set(trainer) <= TRAINJOB_TRAINER, f"unknown trainer fields {set(trainer) - TRAINJOB_TRAINER}"
-    # image, command, env and resourcesPerNode are core/v1 Container fields: validate them as a Pod.
-    container = {"name": "trainer", "image": trainer["image"], "command": trainer.get("command", []),
-                 "env": trainer.get("env", []), "resources": trainer.get("resourcesPerNode", {})}
+    # The pod the Trainer makes (vendored runtime + runtimePatches + trainer) must be a valid Pod.
     validate_builtin({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": doc["metadata"]["name"]},
-                      "spec": {"containers": [container]}})
+                      "spec": trainjob_pod(doc)})
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -114,7 +113,8 @@ def test_everything_lands_in_the_namespace_that_enforces_the_restricted_profile(
 def test_example_secret_validates_and_holds_placeholders_only():
     doc = yaml.safe_load((K8S / "base" / "s3-credentials.example.yaml").read_text())
     validate_builtin(doc)
-    assert all(v.startswith("REPLACE_ME") for v in doc["stringData"].values())
+    assert list(doc["stringData"]) == ["credentials"]  # the AWS shared-credentials file the pods mount
+    assert placeholders_only(doc["stringData"]["credentials"])
 
 
 def test_indexed_job_rendezvous_matches_its_service():
@@ -153,3 +153,10 @@ def test_cronjob_schedule_policy():
         assert env["EVAL_OUTPUT_LAYOUT"]["value"] == "runs"
         assert env["EVAL_BASELINE_URI"]["value"] == "latest"
         assert spec["jobTemplate"]["spec"]["activeDeadlineSeconds"] < 24 * 3600
+
+
+def test_multi_node_forms_say_what_a_lost_node_does():
+    """Issue 12: which pods are recreated, by which setting, when a node dies outright."""
+    for name in ("train-indexed/train-indexed-job.yaml", "train-jobset/train-jobset.yaml"):
+        text = (K8S / "components" / name).read_text()
+        assert "A LOST NODE" in text and "DisruptionTarget" in text and "out-of-service" in text, name

@@ -44,6 +44,10 @@ def test_pod_is_restricted(doc, pod):
     assert not pod.get("hostNetwork") and not pod.get("hostPID") and not pod.get("hostIPC")
     volumes = {v["name"]: v for v in pod.get("volumes", [])}
     assert all("hostPath" not in v for v in volumes.values())
+    # The restricted profile's volume types (everything else is refused at admission).
+    allowed = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim", "projected", "secret"}
+    assert all(set(v) - {"name"} <= allowed for v in volumes.values()), volumes
+    assert not pod.get("securityContext", {}).get("sysctls"), "only safe sysctls pass; none are needed"
     for c in containers(pod):
         where = f"{name_of(doc)} container {c['name']}"
         csc = c.get("securityContext", {})
@@ -53,7 +57,10 @@ def test_pod_is_restricted(doc, pod):
         assert csc.get("privileged") in (None, False), where
         assert csc.get("readOnlyRootFilesystem") is True, where
         assert csc.get("runAsUser", 1) != 0, where
-        assert c.get("terminationMessagePolicy") == "FallbackToLogsOnError", where
+        assert not any(p.get("hostPort") for p in c.get("ports", [])), f"{where}: hostPort"
+        assert csc.get("seccompProfile", {}).get("type", "RuntimeDefault") in ("RuntimeDefault", "Localhost"), where
+        if doc["kind"] != "TrainJob":  # no runtime patch can set it (train-trainjob.yaml)
+            assert c.get("terminationMessagePolicy") == "FallbackToLogsOnError", where
         image = c["image"]
         assert re.search(r"(:[\w.-]+|@sha256:[0-9a-f]{64})$", image.split("/")[-1]) and not image.endswith(":latest"), \
             f"{where}: pin the image ({image})"
@@ -66,15 +73,37 @@ def test_pod_is_restricted(doc, pod):
 
 
 @pytest.mark.parametrize(("doc", "pod"), list(workloads()))
-def test_no_literal_secret_values(doc, pod):
+def test_secrets_are_read_only_files_never_environment(doc, pod):
+    """Credentials reach a process as a read-only file from a Secret volume (the AWS
+    shared-credentials file, MinIO's *_FILE), never as an environment variable."""
+    volumes = {v["name"]: v for v in pod.get("volumes", [])}
     for c in containers(pod):
+        where = f"{name_of(doc)} container {c['name']}"
+        assert not any("secretRef" in s for s in c.get("envFrom", [])), f"{where}: envFrom a Secret"
+        mounts = {m["mountPath"]: m for m in c.get("volumeMounts", [])}
         for env in c.get("env", []):
-            if SECRET_NAME.search(env["name"]):
-                assert "valueFrom" in env, f"{name_of(doc)}: {env['name']} must come from a Secret"
-                ref = env["valueFrom"].get("secretKeyRef")
-                assert ref and ref["name"] == "s3-credentials", f"{env['name']} by reference only"
+            assert "secretKeyRef" not in env.get("valueFrom", {}), f"{where}: {env['name']} from a Secret"
             # A value may reference variables ($(AWS_...)) but never carry a credential itself.
             assert not re.search(r"://[^/$]+:[^/$]+@", env.get("value", "")), env["name"]
+            if SECRET_NAME.search(env["name"]):
+                assert env["name"].endswith("_FILE"), f"{where}: {env['name']} holds a secret"
+        if any(e["name"] == "AWS_SHARED_CREDENTIALS_FILE" for e in c.get("env", [])):
+            path = next(e["value"] for e in c["env"] if e["name"] == "AWS_SHARED_CREDENTIALS_FILE")
+            mount = mounts[path.rsplit("/", 1)[0]]
+            secret = volumes[mount["name"]]["secret"]
+            assert mount.get("readOnly") is True, where
+            assert secret["secretName"] == "s3-credentials" and secret.get("defaultMode", 0o644) & 0o007 == 0
+            assert [i["key"] for i in secret["items"]] == ["credentials"], where
+        elif c["name"] in ("evaluate", "train", "node"):
+            pytest.fail(f"{where}: a job container without the credentials file")
+
+
+def placeholders_only(value: str) -> bool:
+    """A placeholder, or an AWS credentials file whose every value is one."""
+    if value.startswith("REPLACE_ME"):
+        return True
+    lines = [ln for ln in value.splitlines() if "=" in ln]
+    return bool(lines) and all(ln.split("=", 1)[1].strip().startswith("REPLACE_ME") for ln in lines)
 
 
 def test_rendered_secrets_hold_placeholders_only():
@@ -83,7 +112,7 @@ def test_rendered_secrets_hold_placeholders_only():
             if doc["kind"] == "Secret":
                 assert "data" not in doc, "base64 data hides what is in it; use placeholders in stringData"
                 for key, value in doc.get("stringData", {}).items():
-                    assert value.startswith("REPLACE_ME"), f"{overlay}: {name_of(doc)} {key}"
+                    assert placeholders_only(value), f"{overlay}: {name_of(doc)} {key}"
 
 
 @pytest.mark.parametrize(("doc", "spec"), list(batch_jobs()))
@@ -154,3 +183,15 @@ def test_training_caches_are_writable(doc, pod):
             continue
         mounts = {m["mountPath"] for m in c["volumeMounts"]}
         assert {"/tmp", "/var/cache/ml-train", "/dev/shm"} <= mounts
+
+
+@pytest.mark.parametrize(("doc", "pod"), list(workloads()))
+def test_images_are_pinned_by_digest(doc, pod):
+    """Every image by digest (then IfNotPresent is right), except the local overlay's own builds,
+    which `kind load` puts on the node without a registry digest."""
+    local = doc["metadata"].get("annotations", {}).get("checkov.io/skip3", "").startswith("CKV_K8S_43=")
+    for c in containers(pod):
+        image = c["image"]
+        if not (local and image.startswith(("ml-evaluate:", "ml-train:"))):
+            assert re.search(r"@sha256:[0-9a-f]{64}$", image), f"{name_of(doc)}: {image} not pinned by digest"
+        assert c.get("imagePullPolicy", "IfNotPresent") == "IfNotPresent", name_of(doc)

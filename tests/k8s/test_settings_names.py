@@ -52,9 +52,6 @@ def environments():
             for where, pod in pod_specs(doc):
                 for c in containers(pod):
                     yield pytest.param(container_env(docs, c), id=f"{overlay}:{where}:{c['name']}")
-            if doc["kind"] == "TrainJob":
-                trainer = {"env": doc["spec"]["trainer"]["env"]}
-                yield pytest.param(container_env(docs, trainer), id=f"{overlay}:{name_of(doc)}")
     compose = yaml.safe_load((ROOT / "docker" / "compose.yaml").read_text())
     for name, service in compose["services"].items():
         env = {k: str(v) for k, v in (service.get("environment") or {}).items()}
