@@ -13,6 +13,7 @@ import socket
 import stat
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -113,9 +114,23 @@ def test_sigterm_during_a_stalled_read_exits_75_at_once_and_writes_nothing(tmp_p
     assert not (tmp_path / "out").exists()
 
 
+def _catches_sigterm(pid: int) -> bool:
+    """Whether the process has a SIGTERM handler installed (the SigCgt mask in /proc)."""
+    try:
+        caught = next(line for line in Path(f"/proc/{pid}/status").read_text().splitlines() if line.startswith("SigCgt:"))
+    except (FileNotFoundError, StopIteration):
+        return False
+    return bool(int(caught.split()[1], 16) >> (signal.SIGTERM - 1) & 1)
+
+
 def test_sigterm_during_start_up_is_75_not_death_by_signal(tmp_path, silent_endpoint):
     proc = start_job(job_env(tmp_path, silent_endpoint.port))
-    time.sleep(0.15)  # inside the imports
+    # The first thing the job imports installs the handler; everything slow comes after it. Send
+    # the signal the moment the handler is there: inside the imports, whatever the machine's load.
+    deadline = time.monotonic() + 20
+    while not _catches_sigterm(proc.pid):
+        assert proc.poll() is None and time.monotonic() < deadline, "the job never installed a SIGTERM handler"
+        time.sleep(0.002)
     proc.send_signal(signal.SIGTERM)
     wait(proc, silent_endpoint, timeout=15)
     out = proc.stdout.read()
@@ -169,3 +184,63 @@ def test_a_planted_symlink_under_the_output_folder_is_not_followed(tmp_path):
     assert result.returncode != 0
     assert list(elsewhere.iterdir()) == []  # before: the plots landed outside the output folder
     assert "Traceback" not in result.stdout + result.stderr
+
+
+class DripEndpoint(SilentEndpoint):
+    """Answers every request with a 200 whose body arrives one byte every `every` seconds, for ever:
+    no single read ever times out."""
+
+    def __init__(self, every: float = 0.3) -> None:
+        super().__init__()
+        self.every, self.stop = every, threading.Event()
+        self.thread = threading.Thread(target=self.serve, daemon=True)
+        self.thread.start()
+
+    def serve(self) -> None:
+        while not self.stop.is_set():
+            try:
+                conn = self.server.accept()[0]
+            except OSError:
+                continue
+            threading.Thread(target=self.drip, args=(conn,), daemon=True).start()
+
+    def drip(self, conn: socket.socket) -> None:
+        try:
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/csv\r\nContent-Length: 1000000\r\n\r\n")
+            while not self.stop.is_set():
+                conn.sendall(b"x")
+                time.sleep(self.every)
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+    def close(self) -> None:
+        self.stop.set()
+        super().close()
+
+
+def test_a_drip_feeding_endpoint_ends_at_the_storage_deadline_with_74(tmp_path):
+    endpoint = DripEndpoint()
+    try:
+        proc = start_job(job_env(tmp_path, endpoint.port, S3_READ_TIMEOUT="2", S3_DEADLINE="3"))
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        endpoint.close()
+    assert proc.returncode == 74, out  # before S3_DEADLINE: each byte reset the read timeout, no end at all
+    assert "S3_DEADLINE" in out and "Traceback" not in out
+    assert not (tmp_path / "out").exists()
+
+
+# AWS semantics (moto): SeaweedFS creates a bucket on its first write, so there it is never missing.
+@pytest.mark.parametrize("s3_server", ["moto"], indirect=True)
+def test_a_missing_output_bucket_is_78_before_any_work(s3, tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("EVAL_", "S3_"))}
+    env.update(PYTHONPATH=str(REPO), **s3.env, EVAL_PREDICTIONS_URI=str(SAMPLE / "predictions.csv"),
+               EVAL_ANNOTATIONS_URI=str(SAMPLE / "annotations.json"), EVAL_OUTPUT_URI="s3://no-such-bucket-here/reports")
+    proc = subprocess.run([sys.executable, "-m", "jobs.evaluate"], env=env, cwd=REPO, capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 78, proc.stdout + proc.stderr  # a retry cannot create the bucket: not 74, not 65
+    assert "EVAL_OUTPUT_URI" in proc.stdout and "no-such-bucket-here" in proc.stdout
+    assert '"event": "loaded"' not in proc.stdout  # found before reading or evaluating anything
