@@ -240,3 +240,49 @@ def test_a_resumed_run_that_diverges_keeps_the_last_good_checkpoint_untouched(di
     assert "for 3 steps since epoch 2 step 11" in last and "learning rate" in last, last
     assert _checkpoints(out) == before  # nothing overwritten, nothing added
     assert not (out / "metrics.json").exists()
+
+
+def _recalibrate_on_rank(rank: int, world_size: int, port: int, out: str) -> None:
+    """One gloo rank: its own shard of images, recalibrated, statistics saved for the parent."""
+    import torch.distributed as dist
+    from torch import nn
+
+    from jobs.train.loop import recalibrate_batchnorm
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
+    try:
+        torch.manual_seed(0)  # the same weights on every rank, as DDP has them
+        model = nn.Sequential(nn.Conv2d(3, 3, 1), nn.BatchNorm2d(3))
+        gen = torch.Generator().manual_seed(100 + rank)  # a different shard per rank
+        images = torch.randint(0, 256, (16, 3, 8, 8), generator=gen, dtype=torch.uint8) // (rank + 1)
+        env = DistEnv(rank=rank, local_rank=rank, world_size=world_size, device=torch.device("cpu"))
+        recalibrate_batchnorm(model=model, images=images, order=torch.arange(16), batch_size=8, batches=2, env=env,
+                              channels_last=False)
+        torch.save({"mean": model[1].running_mean, "var": model[1].running_var, "state": model.state_dict(),
+                    "images": images}, f"{out}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_batchnorm_recalibration_agrees_across_ddp_ranks(tmp_path):
+    """Two real gloo processes with different shards end with the same statistics: the mean of theirs."""
+    import torch.multiprocessing as mp
+    from torch import nn
+
+    from tests.conftest import free_port
+
+    mp.spawn(_recalibrate_on_rank, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    assert torch.equal(ranks[0]["mean"], ranks[1]["mean"]) and torch.equal(ranks[0]["var"], ranks[1]["var"])
+    own = []
+    for r in ranks:  # each shard's own statistics, recomputed here
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Conv2d(3, 3, 1), nn.BatchNorm2d(3))
+        from jobs.train.loop import recalibrate_batchnorm
+
+        recalibrate_batchnorm(model=model, images=r["images"], order=torch.arange(16), batch_size=8, batches=2,
+                              env=CPU, channels_last=False)
+        own.append((model[1].running_mean.clone(), model[1].running_var.clone()))
+    assert not torch.allclose(own[0][0], own[1][0])  # the shards differ
+    assert torch.allclose(ranks[0]["mean"], (own[0][0] + own[1][0]) / 2, atol=1e-6)
+    assert torch.allclose(ranks[0]["var"], (own[0][1] + own[1][1]) / 2, atol=1e-5)
