@@ -83,9 +83,9 @@ def _read_rles(raws: list | None, rows: np.ndarray, sizes: np.ndarray, uri: str,
     def locate(i):
         return f"{uri}: {where}[{rows[i]}].segmentation"
 
-    if raws is None:
-        raise InputDataError(f"{locate(0)}: missing; EVAL_IOU_TYPE=segm needs a segmentation on every row "
-                             "(EVAL_IOU_TYPE=bbox evaluates the boxes)")
+    if raws is None:  # a table: rows counted from 1, as every table error does
+        raise InputDataError(f"{uri}: row {int(rows[0]) + 1}, column 'polygon': missing; EVAL_IOU_TYPE=segm needs a "
+                             "segmentation on every row (EVAL_IOU_TYPE=bbox evaluates the boxes)")
     segs = _decode([raws[r] for r in rows.tolist()], rows, uri, where)
     h, w = sizes[:, 0].tolist(), sizes[:, 1].tolist()
     for i, seg in enumerate(segs):

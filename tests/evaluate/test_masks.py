@@ -351,3 +351,16 @@ def test_ground_truth_without_area_uses_the_mask_area(tmp_path, monkeypatch):
     report = evaluate(monkeypatch, *reversed(write_case(tmp_path / "b", bare, dets)), holdout_fraction="0.3")
     assert report.holdout is not None
     assert_stats(report, ev)
+
+
+def test_a_table_row_without_a_polygon_under_segm_names_the_row_from_1(job_env, tmp_path):
+    header = "image,category,bbox_x,bbox_y,bbox_w,bbox_h,polygon,height,width\n"
+    square = "[[0, 0, 10, 0, 10, 10, 0, 10]]"
+    gt = tmp_path / "gt.csv"
+    gt.write_text(header + f'a.jpg,car,0,0,10,10,"{square}",20,20\n' + "b.jpg,car,0,0,10,10,,20,20\n")
+    pred = tmp_path / "pred.csv"
+    pred.write_text("image,category,score,bbox_x,bbox_y,bbox_w,bbox_h,polygon\n"
+                    f'a.jpg,car,0.9,0,0,10,10,"{square}"\n')
+    proc = run_job(job_env, tmp_path, annotations_uri=str(gt), predictions_uri=str(pred), iou_type="segm")
+    assert_clean_failure(proc, ExitCode.INPUT_DATA, "gt.csv", "row 2, column 'polygon'", "missing",
+                         out=tmp_path / "out")
