@@ -13,6 +13,9 @@ order (descending score, image, input order), the 101-point interpolated precisi
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 
 from jobs.evaluate.align import Aligned
@@ -45,8 +48,9 @@ def coco_summary(aligned: Aligned, pairs: Pairs, *, iou_type: str) -> CocoSummar
     ap = np.full((len(AREA_RANGES), n_t, n_classes), np.nan)
     recall = {}
     n_gt = np.zeros((len(AREA_RANGES), n_classes), dtype=np.int64)
-    # One greedy pass per area range, its ten thresholds side by side (all 40 at once cost more memory, no time).
-    for a, (low, high) in enumerate(AREA_RANGES.values()):
+    # One greedy pass per area range, its ten thresholds side by side (all 40 at once cost more memory,
+    # no time). The passes are independent and mostly numpy, which releases the GIL: two threads.
+    def area_pass(a: int, low: float, high: float) -> None:
         gt_ignore = gt.crowd | (gt.area < low) | (gt.area > high)
         n_gt[a] = np.bincount(gt.cls[~gt_ignore], minlength=n_classes)
         scenario, hit, hit_ignored = greedy_hits(capped, IOU_THRESHOLDS, gt_ignore[pairs.g_order], gt_crowd)
@@ -59,6 +63,10 @@ def coco_summary(aligned: Aligned, pairs: Pairs, *, iou_type: str) -> CocoSummar
             found = np.bincount(scenario[keep] * n_classes + det.cls[hit[keep]], minlength=n_t * n_classes)
             with np.errstate(divide="ignore", invalid="ignore"):
                 recall[a, m] = np.where(n_gt[a] > 0, found.reshape(n_t, n_classes) / n_gt[a], np.nan)
+
+    with ThreadPoolExecutor(max_workers=min(2, os.cpu_count() or 1)) as pool:
+        for done in [pool.submit(area_pass, a, low, high) for a, (low, high) in enumerate(AREA_RANGES.values())]:
+            done.result()
 
     def mean(values: np.ndarray) -> float | None:
         values = values[~np.isnan(values)]
