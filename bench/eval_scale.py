@@ -283,7 +283,9 @@ def peer_coco_main(tool: str, gt: str, pred: str, iou_type: str) -> None:
     import io
 
     t0 = time.perf_counter()
-    if tool == "faster-coco-eval":
+    if tool == "hotcoco":
+        from hotcoco import COCO, COCOeval
+    elif tool == "faster-coco-eval":
         from faster_coco_eval import COCO
         from faster_coco_eval import COCOeval_faster as COCOeval
     else:
@@ -522,13 +524,23 @@ def masks(work: Path, n_images: int, repeats: int) -> None:
 
 
 def coco_block_cost(ref: dict, repeats: int) -> None:
-    """The reference case with and without the coco block: its cost, from the job's own log."""
-    runs = [run_job(ref["gt"], ref["det"], ref["folder"] / "outc") for _ in range(repeats)]
+    """The reference case with the coco block: its cost, from the job's own log; and, for the same
+    work, hotcoco's evaluation under COCO's default parameters with summarize() (alternating)."""
+    runs, peer = [], []
+    for _ in range(repeats):
+        runs.append(run_job(ref["gt"], ref["det"], ref["folder"] / "outc"))
+        wall, rss, text, cpu = run_measured([PY, __file__, "--peer-coco", "hotcoco", str(ref["gt"]), str(ref["det"]), "bbox"])
+        peer.append({"wall": wall, "cpu": cpu, **json.loads(text.strip().splitlines()[-1])})
     secs = [json.loads(line)["seconds"] for r in runs for line in r["log"].splitlines()
             if line.startswith("{") and '"coco summary"' in line]
     wall = median([r["wall"] for r in runs])
     print(f"\n== coco block on the reference case: job process {wall:.2f} s, of which the coco block "
           f"{median(secs):.2f} s (median of {repeats})")
+    ours, theirs = runs[-1]["report"]["coco"]["stats"], peer[-1]["stats"]
+    diff = max(abs((ours[k] if ours[k] is not None else -1.0) - v) for k, v in zip(STAT_NAMES, theirs))
+    hot = median([p["wall"] for p in peer])
+    print(f"   the same work in hotcoco (default parameters, summarize()): {hot:.2f} s process, CPU "
+          f"{median([p['cpu'] for p in peer]):.2f} s; job / hotcoco {wall / hot:.2f}x; max |stat - job| {diff:.1e}")
 
 
 def coco_thresholds(ref: dict, repeats: int, with_hotcoco: bool) -> None:
