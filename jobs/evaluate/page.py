@@ -312,7 +312,8 @@ def _header(report, report_name: str) -> str:
                        for side, i in report.inputs.items())
     pairs = [("run", f"{escape(r.id)} &middot; finished {escape(r.finished_at)} &middot; code {escape(r.code_version)}"),
              ("inputs", inputs),
-             ("matching", f"{escape(m.geometry)}, IoU {m.iou_threshold}, policy <code>{escape(m.policy)}</code>, {nms}"),
+             ("matching", f"{escape(m.geometry)}{' (' + escape(m.reason) + ')' if m.reason else ''}, IoU {m.iou_threshold}, "
+                          f"policy <code>{escape(m.policy)}</code>, {nms}"),
              ("alignment", f"{report.alignment.matched_images:,} of {report.alignment.annotation_images:,} annotated images "
                            f"have predictions ({escape(report.alignment.join)} join)"),
              ("report", f'<a href="{escape(report_name)}">{escape(report_name)}</a>')]
