@@ -230,12 +230,8 @@ def run_peer(tool: str, gt: Path, pred: Path, iou_type: str = "bbox", thresholds
     return {"wall": wall, "rss": rss, "cpu": cpu, **inner}
 
 
-def peer_main(tool: str, gt: str, pred: str, iou_type: str, thresholds: str) -> None:
-    """In the child: load, evaluate, accumulate; print timings and per-category AP as JSON."""
-    import contextlib
-    import io
-
-    t0 = time.perf_counter()
+def peer_api(tool: str):
+    """(COCO, COCOeval) of a peer tool: the three share pycocotools' API."""
     if tool == "hotcoco":
         from hotcoco import COCO, COCOeval
     elif tool == "faster-coco-eval":
@@ -244,6 +240,16 @@ def peer_main(tool: str, gt: str, pred: str, iou_type: str, thresholds: str) -> 
     else:
         from pycocotools.coco import COCO
         from pycocotools.cocoeval import COCOeval
+    return COCO, COCOeval
+
+
+def peer_main(tool: str, gt: str, pred: str, iou_type: str, thresholds: str) -> None:
+    """In the child: load, evaluate, accumulate; print timings and per-category AP as JSON."""
+    import contextlib
+    import io
+
+    t0 = time.perf_counter()
+    COCO, COCOeval = peer_api(tool)
     t_import = time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()):
         coco_gt = COCO(gt)
@@ -283,14 +289,7 @@ def peer_coco_main(tool: str, gt: str, pred: str, iou_type: str) -> None:
     import io
 
     t0 = time.perf_counter()
-    if tool == "hotcoco":
-        from hotcoco import COCO, COCOeval
-    elif tool == "faster-coco-eval":
-        from faster_coco_eval import COCO
-        from faster_coco_eval import COCOeval_faster as COCOeval
-    else:
-        from pycocotools.coco import COCO
-        from pycocotools.cocoeval import COCOeval
+    COCO, COCOeval = peer_api(tool)
     t_import = time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()):
         coco_gt = COCO(gt)

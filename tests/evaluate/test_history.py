@@ -16,23 +16,10 @@ from jobs.evaluate import history, job
 from jobs.evaluate.history import COLUMNS, append_history, history_rows, read_history
 from tests.evaluate.helpers import eval_settings as settings
 from tests.evaluate.synthetic import separable_case
+# The scheduled runs of test_scheduled: the same inputs fixture and settings.
+from tests.evaluate.test_scheduled import inputs, nightly  # noqa: F401 (inputs is a fixture)
 
 LOG = structlog.get_logger()
-
-
-@pytest.fixture
-def inputs(s3):
-    gt, dets = separable_case()
-    _, shifted = separable_case(shift=lambda s: s / 2)
-    return {"gt": s3.put("in/annotations.json", json.dumps(gt).encode()),
-            "pred": s3.put("in/predictions.json", json.dumps(dets).encode()),
-            "shifted": s3.put("in/shifted.json", json.dumps(shifted).encode())}
-
-
-def nightly(monkeypatch, s3, inputs, predictions="pred", **extra):
-    return settings(monkeypatch, predictions_uri=inputs[predictions], annotations_uri=inputs["gt"],
-                    output_uri=s3.uri("reports/nightly"), output_layout="runs", baseline_uri="latest",
-                    plots="false", **extra)
 
 
 def parquet(data: bytes) -> pd.DataFrame:

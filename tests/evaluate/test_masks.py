@@ -18,30 +18,10 @@ from common.exitcodes import ExitCode
 from tests.evaluate.helpers import (compressed_rle, evaluate, make_coco_case, make_mask_case, run_cocoeval,
                                     uncompressed_rle, write_case)
 from tests.evaluate.test_errors import assert_clean_failure, run_job
-from tests.evaluate.test_pycocotools_oracle import pycocotools_oracle
+from tests.evaluate.test_pycocotools_oracle import assert_like_oracle, pycocotools_oracle
 
 STAT_NAMES = ["AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl"]
 FIXTURE = Path(__file__).resolve().parent.parent / "fixtures" / "coco-sample-100"
-
-
-def assert_like_oracle(report, oracle):
-    by_id = {c.class_id: c for c in report.classes}
-    assert set(by_id) == set(oracle)
-    for cat, want in oracle.items():
-        got = by_id[cat]
-        assert got.n_ground_truth == want["n_gt"]
-        if want["ap"] is None:
-            assert got.average_precision is None
-            continue
-        assert got.average_precision == pytest.approx(want["ap"], abs=1e-6)
-        if want["best"] is None:
-            assert got.threshold is None
-            continue
-        threshold, f1, precision, recall = want["best"]
-        assert got.threshold == threshold
-        assert got.f1 == pytest.approx(f1, abs=1e-9)
-        assert got.precision == pytest.approx(precision, abs=1e-9)
-        assert got.recall == pytest.approx(recall, abs=1e-9)
 
 
 @pytest.mark.parametrize("seed", range(4))
