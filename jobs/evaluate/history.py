@@ -80,13 +80,20 @@ def read_history_frame(output_uri: str):
 def read_history(output_uri: str) -> list[dict]:
     """The history as plain dicts, oldest run first (for the page): finished_at as ISO 8601 text,
     missing values as None. The same rows as history.parquet."""
-    return _plain_rows(read_history_frame(output_uri).sort_values(["finished_at", "run_id"], kind="stable"))
+    return history_rows_of(read_history_frame(output_uri))
 
 
-def history_with_run(output_uri: str, report: dict, report_path: str | None = None) -> list[dict]:
-    """`read_history` plus `report`'s own rows when its run is not in it yet: what the history will
-    hold once this run has appended (the page is written before the report, so before the append)."""
-    rows = read_history(output_uri)
+def history_rows_of(frame) -> list[dict]:
+    """A history frame's rows as plain dicts, oldest run first (what `read_history` returns)."""
+    return _plain_rows(frame.sort_values(["finished_at", "run_id"], kind="stable"))
+
+
+def history_with_run(output_uri: str, report: dict, report_path: str | None = None, *,
+                     rows: list[dict] | None = None) -> list[dict]:
+    """`read_history` (or `rows`, when the caller already read it) plus `report`'s own rows when its
+    run is not in it yet: what the history will hold once this run has appended (the page is
+    written before the report, so before the append)."""
+    rows = read_history(output_uri) if rows is None else rows
     if any(r["run_id"] == report["run"]["id"] for r in rows):
         return rows
     return rows + _plain_rows(history_frame(history_rows(report, report_path)))

@@ -24,7 +24,7 @@ from jobs.evaluate.drift import drift_block, read_baseline
 from jobs.evaluate.coco import IOU_THRESHOLDS as COCO_IOU_THRESHOLDS
 from jobs.evaluate.coco import coco_summary
 from jobs.evaluate.formats import ReadOptions, detect_format, open_source
-from jobs.evaluate.history import append_history, history_with_run, read_history_frame
+from jobs.evaluate.history import append_history, history_rows_of, history_with_run, read_history_frame
 from jobs.evaluate.load import decompressed
 from jobs.evaluate.match import Matches, candidate_pairs, lowest_threshold, match_at_thresholds
 from jobs.evaluate.nms import nms_keep
@@ -67,8 +67,12 @@ def run(settings: EvalSettings, run_id: str, log: structlog.BoundLogger) -> int:
     # Before the work: a missing bucket or read-only credentials fail now, not after it.
     storage.confine_local_writes(settings.output_uri, setting="EVAL_OUTPUT_URI")
     storage.check_writable(dest.prefix, setting="EVAL_OUTPUT_URI")
+    # Scheduled runs: an unreadable history.parquet fails now (65), before any write; the page shows
+    # the rows read here (read once; the append re-reads, conditionally on the version it saw).
+    earlier = None
     if dest.pointer_uri is not None:
-        read_history_frame(dest.root)  # an unreadable history.parquet fails now (65), before any write
+        frame = read_history_frame(dest.root)
+        earlier = history_rows_of(frame) if settings.report_page else None
     if dest.conditional and storage.exists(dest.report_uri):
         # This slot is done (a retry after a complete run): never evaluate or write it twice.
         doc = json.loads(storage.read(dest.report_uri).data)
@@ -82,7 +86,7 @@ def run(settings: EvalSettings, run_id: str, log: structlog.BoundLogger) -> int:
     page, staged = None, []
     try:
         if settings.report_page or settings.plots:
-            page = stage_page_and_plots(settings, dest, report, evidence, staged, log)
+            page = stage_page_and_plots(settings, dest, report, evidence, staged, earlier, log)
         if report.calibration is not None and report.calibration.status == "ok":  # written right after the report
             report.artifacts = (report.artifacts or Artifacts(index=None, plots=[])).model_copy(
                 update={"calibration": CALIBRATION_NAME})
@@ -111,7 +115,7 @@ def run(settings: EvalSettings, run_id: str, log: structlog.BoundLogger) -> int:
 
 
 def stage_page_and_plots(settings: EvalSettings, dest, report: Report, evidence: "Evidence", staged: list[str],
-                         log) -> bytes | None:
+                         earlier: list[dict] | None, log) -> bytes | None:
     """Write plots/*.png (EVAL_PLOTS) now, under this run's own folder (their URIs appended to `staged`
     when that folder is the run's alone), and return index.html (EVAL_REPORT_PAGE) for the caller to
     expose once the report is committed. Sets report.artifacts."""
@@ -127,8 +131,8 @@ def stage_page_and_plots(settings: EvalSettings, dest, report: Report, evidence:
     page = None
     if settings.report_page:
         history = None  # the panel needs the runs layout: earlier runs' rows, then this run's
-        if dest.pointer_uri is not None:
-            history = history_with_run(dest.root, json.loads(report.model_dump_json()))
+        if earlier is not None:
+            history = history_with_run(dest.root, json.loads(report.model_dump_json()), rows=earlier)
         page = render_index(report, curves, history=history, plots=per_class, pooled=pooled,
                             report_name=REPORT_NAME).encode()
     log.info("page rendered, plots written", plots=len(files), page_bytes=len(page or b""),
