@@ -25,6 +25,7 @@ from pathlib import Path
 
 from common import preemption
 from common.errors import ConfigError, InputDataError, JobError, StorageError
+from common.forked import fork_safe
 from common.settings import StorageSettings, load_settings
 
 
@@ -48,7 +49,8 @@ class Blob:
 
     def hash_in_background(self) -> Blob:
         if self._version is None and self._hashing is None:
-            self._hashing = threading.Thread(target=self._hash, name="sha256", daemon=True)
+            # fork_safe: hashlib over a buffer holds no lock a forked decoder could need (load.py)
+            self._hashing = fork_safe(threading.Thread(target=self._hash, name="sha256", daemon=True))
             self._hashing.start()
         return self
 

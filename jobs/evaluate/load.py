@@ -8,6 +8,7 @@ Which reader reads an input is decided once, by the registry in `jobs.evaluate.f
 
 from __future__ import annotations
 
+import functools
 import gc
 import io
 import itertools
@@ -21,6 +22,7 @@ import msgspec
 import numpy as np
 
 from common.errors import ConfigError, InputDataError
+from common.forked import WorkerFailed, map_forked, usable_cpus
 from common.storage import Blob
 from jobs.evaluate.geometry import Polygons
 
@@ -345,23 +347,32 @@ class _Results:
     category_ids: np.ndarray | list
     score: np.ndarray
     boxes: np.ndarray | None  # None: no result of the chunk has a box
-    segmentations: list[msgspec.Raw]
+    segmentations: list[msgspec.Raw] | None  # None: no result of the chunk has one
+
+    @property
+    def rows(self) -> int:
+        return self.score.size
 
 
 def read_coco_results(blob: Blob) -> Table:
-    """COCO results, decoded in chunks of rows.
+    """COCO results, decoded in chunks of rows and straight into columns.
 
-    A first pass takes each result's raw JSON (and checks the file's syntax); each chunk is then
-    decoded into typed objects and straight into columns. Memory stays bounded: the job's peak
-    RSS on the 71 MB benchmark file went from 316 to 186 MiB, and it got faster.
+    The file is cut into pieces of about 256 KiB, each decoded by the CPUs' forked workers
+    (`_decode_pieces`): 0.51 s to 0.25 s on the 71 MB benchmark file with 2 CPUs. An input that
+    piece-wise decoding refuses, for whatever reason, is read again row by row (`_decode_rows`),
+    which names the first bad row exactly as a whole-file decode would.
     """
     with _gc_paused():
-        raws = _decode_json(blob, list[msgspec.Raw])
-        chunks = [_results(raws[first:first + _ROWS_PER_CHUNK], first, blob.uri)
-                  for first in range(0, len(raws), _ROWS_PER_CHUNK)]
-        del raws
-        segmentations = [seg for chunk in chunks for seg in chunk.segmentations]
-        polygons, rle_rows = _polygons(segmentations, blob.uri, "")
+        try:
+            chunks = _decode_pieces(blob)
+        except (msgspec.DecodeError, msgspec.ValidationError, RecursionError, InputDataError, WorkerFailed):
+            chunks = _decode_rows(blob)
+        if any(chunk.segmentations is not None for chunk in chunks):
+            segmentations = [seg for chunk in chunks
+                             for seg in (chunk.segmentations or [NO_SEGMENTATION] * chunk.rows)]
+            polygons, rle_rows = _polygons(segmentations, blob.uri, "")
+        else:
+            segmentations, polygons, rle_rows = None, None, np.zeros(0, np.int64)
     image_codes, image_refs = _id_codes([chunk.image_ids for chunk in chunks])
     category_codes, category_refs = _id_codes([chunk.category_ids for chunk in chunks])
     score = np.concatenate([chunk.score for chunk in chunks]) if chunks else np.zeros(0)
@@ -376,8 +387,52 @@ def read_coco_results(blob: Blob) -> Table:
         category_codes=category_codes, category_refs=category_refs,
         score=score, boxes=boxes, polygons=polygons,
         iscrowd=np.zeros(score.size, dtype=bool), image_refs_are_ids=True,
-        segmentations=_kept(segmentations), rle_rows=rle_rows,
+        segmentations=_kept(segmentations) if segmentations is not None else None, rle_rows=rle_rows,
     )
+
+
+# A boundary between two results: a closing brace, a comma, an opening brace. Found by searching, it
+# may also lie inside a string or a nested value; then the piece before it is not valid JSON (a
+# string or bracket is left open), its decode fails and the file is read row by row instead.
+_RESULT_BOUNDARY = re.compile(rb"\}\s*,\s*\{")
+_PIECE_BYTES = 1 << 18
+_MIN_FORKED_BYTES = 8 << 20  # below this, forking costs more than it saves
+
+
+def _decode_pieces(blob: Blob) -> list[_Results]:
+    """Every piece of the file decoded into columns, in order, the pieces shared among the CPUs."""
+    data, cuts, pos = blob.data, [], _PIECE_BYTES
+    while pos < len(data) and (found := _RESULT_BOUNDARY.search(data, pos)) is not None:
+        cuts.append(data.find(b",", found.start()))  # (an mmap has no index())
+        pos = cuts[-1] + _PIECE_BYTES
+    bounds = [0, *cuts, len(data)]
+    # Piece i is the results between cut i - 1 and cut i, made an array: `[` before all but the
+    # first (which has the file's own), `]` after all but the last.
+    pieces = [(bounds[i] + (i > 0), bounds[i + 1], i > 0, i < len(cuts)) for i in range(len(cuts) + 1)]
+    workers = min(usable_cpus(), 8, max(1, len(data) // _MIN_FORKED_BYTES), len(pieces))
+    shares = [pieces[w * len(pieces) // workers:(w + 1) * len(pieces) // workers] for w in range(workers)]
+    chunks = [chunk for share in map_forked(functools.partial(_decode_share, data, blob.uri), shares)
+              for chunk in share]
+    first = 0
+    for chunk in chunks:
+        chunk.first, first = first, first + chunk.rows
+    return chunks
+
+
+def _decode_share(data, uri: str, pieces: list[tuple[int, int, bool, bool]]) -> list[_Results]:
+    chunks = []
+    for lo, hi, opens, closes in pieces:
+        results = _RESULTS.decode(b"[" * opens + data[lo:hi] + b"]" * closes)
+        chunks.append(_columns(results, 0, uri))
+    return chunks
+
+
+def _decode_rows(blob: Blob) -> list[_Results]:
+    """The exact path: each result's raw JSON first (which checks the file's syntax), then chunks
+    of rows decoded into typed objects; a bad row is named by its index in the file."""
+    raws = _decode_json(blob, list[msgspec.Raw])
+    return [_results(raws[first:first + _ROWS_PER_CHUNK], first, blob.uri)
+            for first in range(0, len(raws), _ROWS_PER_CHUNK)]
 
 
 def _results(raws: list[msgspec.Raw], first: int, uri: str) -> _Results:
@@ -387,11 +442,16 @@ def _results(raws: list[msgspec.Raw], first: int, uri: str) -> _Results:
         raise InputDataError(f"{uri}: {_describe_validation(exc, first)}") from None
     except RecursionError:
         raise InputDataError(f"{uri}: rows {first}..{first + len(raws) - 1}: {TOO_DEEP}") from None
+    return _columns(results, first, uri)
+
+
+def _columns(results: list[CocoResult], first: int, uri: str) -> _Results:
     score = np.fromiter(map(attrgetter("score"), results), dtype=np.float64, count=len(results))
     _check_scores(score, uri, lambda i: f"[{first + i}].score")
+    segmentations = list(map(attrgetter("segmentation"), results))
     return _Results(first, _ids(results, "image_id"), _ids(results, "category_id"), score,
                     _box_column(results, uri, "", optional=True, first_row=first),
-                    list(map(attrgetter("segmentation"), results)))
+                    None if segmentations.count(NO_SEGMENTATION) == len(segmentations) else segmentations)
 
 
 def _check_scores(score: np.ndarray, uri: str, locate) -> None:

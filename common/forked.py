@@ -1,0 +1,134 @@
+"""Spread a step that holds the GIL over the CPUs: forked workers that send their results back pickled.
+
+msgspec's JSON decoder and the Python loops around it hold the GIL, so threads do not help them;
+a forked child shares the parent's memory (copy on write) and needs no pickling of its input.
+Fork is only used where it is safe: on Linux, and in a process whose other threads (if any) are
+marked `fork_safe` (a child of a threaded process inherits every lock some other thread held at
+that moment; a thread that only hashes a buffer holds none the child could need).
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class WorkerFailed(RuntimeError):
+    """A forked worker died or could not send its result (its own exceptions are re-raised as they are)."""
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on: its affinity, capped by a cgroup CPU limit (a pod's `limits.cpu`)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:  # cgroup v2: "max 100000" (no limit) or "<quota> <period>" in microseconds
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            cpus = min(cpus, max(1, int(quota) // int(period)))
+    except (OSError, ValueError):
+        pass
+    return max(1, cpus)
+
+
+def fork_safe(thread: threading.Thread) -> threading.Thread:
+    """Mark a thread that takes no lock a forked child could need (one that only hashes a buffer)."""
+    thread.fork_safe = True
+    return thread
+
+
+def can_fork() -> bool:
+    others = [t for t in threading.enumerate() if t is not threading.main_thread()]
+    return sys.platform.startswith("linux") and all(getattr(t, "fork_safe", False) for t in others)
+
+
+def map_forked(fn: Callable[[T], R], shares: Sequence[T]) -> list[R]:
+    """[fn(share) for share in shares]: the first share in this process, each other in a forked child.
+
+    Results come back in order. An exception raised by `fn` in a child is raised here (after every
+    child is reaped); a child that dies or sends garbage raises WorkerFailed. Where forking is not
+    safe, all shares run here, one after another.
+    """
+    if len(shares) <= 1 or not can_fork():
+        return [fn(share) for share in shares]
+    children: list[tuple[int, int]] = []
+    finished = False
+    try:
+        for share in shares[1:]:
+            read_end, write_end = os.pipe()
+            pid = os.fork()
+            if pid == 0:  # the child: compute, send, leave without running the parent's cleanup
+                os.close(read_end)
+                _child(fn, share, write_end)
+            os.close(write_end)
+            children.append((pid, read_end))
+        # Each child's result is read while this process works on its own share: a pipe holds
+        # 64 KiB, and a child would otherwise wait with the rest of its result until then.
+        readers = [_Reader(pid, read_end) for pid, read_end in children]
+        results = [fn(shares[0])]
+        results += [reader.result() for reader in readers]
+        finished = True
+        return results
+    finally:
+        for pid, read_end in children:
+            _reap(pid, read_end, kill=not finished)
+
+
+def _child(fn: Callable, share, write_end: int) -> None:
+    status = 1
+    try:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the parent's preemption handler is not ours
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        try:
+            payload = pickle.dumps((True, fn(share)), protocol=pickle.HIGHEST_PROTOCOL)
+        except BaseException as exc:  # noqa: BLE001 - sent to the parent, which raises it
+            try:
+                payload = pickle.dumps((False, exc), protocol=pickle.HIGHEST_PROTOCOL)
+            except Exception:  # an exception that does not pickle
+                payload = pickle.dumps((False, WorkerFailed(f"{type(exc).__name__}: {exc}")))
+        with os.fdopen(write_end, "wb") as out:
+            out.write(payload)
+        status = 0
+    finally:
+        os._exit(status)
+
+
+class _Reader(threading.Thread):
+    """Reads one child's pipe to its end (os.read releases the GIL while it waits); started only
+    after the last fork."""
+
+    def __init__(self, pid: int, read_end: int):
+        super().__init__(name=f"worker-{pid}", daemon=True)
+        self.pid, self.read_end, self.payload = pid, read_end, b""
+        self.start()
+
+    def run(self) -> None:
+        with os.fdopen(self.read_end, "rb", closefd=False) as pipe:
+            self.payload = pipe.read()
+
+    def result(self):
+        self.join()
+        try:
+            ok, value = pickle.loads(self.payload)
+        except Exception:
+            raise WorkerFailed(f"worker {self.pid} sent no result ({len(self.payload)} bytes)") from None
+        if not ok:
+            raise value
+        return value
+
+
+def _reap(pid: int, read_end: int, *, kill: bool) -> None:
+    os.close(read_end)
+    try:
+        if kill:  # this process failed before it read every result: the child's work is not wanted
+            os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    except (ProcessLookupError, ChildProcessError):
+        pass
