@@ -59,6 +59,7 @@ def map_forked(fn: Callable[[T], R], shares: Sequence[T]) -> list[R]:
     if len(shares) <= 1 or not can_fork():
         return [fn(share) for share in shares]
     children: list[tuple[int, int]] = []
+    readers: list[_Reader] = []
     finished = False
     try:
         for share in shares[1:]:
@@ -71,14 +72,33 @@ def map_forked(fn: Callable[[T], R], shares: Sequence[T]) -> list[R]:
             children.append((pid, read_end))
         # Each child's result is read while this process works on its own share: a pipe holds
         # 64 KiB, and a child would otherwise wait with the rest of its result until then.
-        readers = [_Reader(pid, read_end) for pid, read_end in children]
+        for pid, read_end in children:
+            readers.append(_Reader(pid, read_end))
         results = [fn(shares[0])]
         results += [reader.result() for reader in readers]
         finished = True
         return results
     finally:
-        for pid, read_end in children:
-            _reap(pid, read_end, kill=not finished)
+        _end(children, readers, kill=not finished)
+
+
+def _end(children: list[tuple[int, int]], readers: list[_Reader], *, kill: bool) -> None:
+    """Reap every child: killed first where this process failed before it had every result (their
+    work is not wanted), then each pipe closed only once its reader has stopped."""
+    for pid, _ in children:
+        if kill:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    for reader in readers:  # a dead child's pipe ends: its reader stops
+        reader.join()
+    for pid, read_end in children:
+        os.close(read_end)
+        try:
+            os.waitpid(pid, 0)
+        except ChildProcessError:
+            pass
 
 
 def _child(fn: Callable, share, write_end: int) -> None:
@@ -87,17 +107,28 @@ def _child(fn: Callable, share, write_end: int) -> None:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the parent's preemption handler is not ours
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         try:
-            payload = pickle.dumps((True, fn(share)), protocol=pickle.HIGHEST_PROTOCOL)
+            result = fn(share)
         except BaseException as exc:  # noqa: BLE001 - sent to the parent, which raises it
+            payload = _pickled_exception(exc)
+        else:
             try:
-                payload = pickle.dumps((False, exc), protocol=pickle.HIGHEST_PROTOCOL)
-            except Exception:  # an exception that does not pickle
-                payload = pickle.dumps((False, WorkerFailed(f"{type(exc).__name__}: {exc}")))
+                payload = pickle.dumps((True, result), protocol=pickle.HIGHEST_PROTOCOL)
+            except Exception as exc:  # a result that does not pickle: the worker cannot send it
+                payload = pickle.dumps((False, WorkerFailed(f"cannot send the result: {type(exc).__name__}: {exc}")))
         with os.fdopen(write_end, "wb") as out:
             out.write(payload)
         status = 0
     finally:
         os._exit(status)
+
+
+def _pickled_exception(exc: BaseException) -> bytes:
+    try:
+        payload = pickle.dumps((False, exc), protocol=pickle.HIGHEST_PROTOCOL)
+        pickle.loads(payload)  # some exceptions pickle but do not unpickle (required arguments)
+        return payload
+    except Exception:
+        return pickle.dumps((False, WorkerFailed(f"{type(exc).__name__}: {exc}")))
 
 
 class _Reader(threading.Thread):
@@ -122,13 +153,3 @@ class _Reader(threading.Thread):
         if not ok:
             raise value
         return value
-
-
-def _reap(pid: int, read_end: int, *, kill: bool) -> None:
-    os.close(read_end)
-    try:
-        if kill:  # this process failed before it read every result: the child's work is not wanted
-            os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
-    except (ProcessLookupError, ChildProcessError):
-        pass

@@ -20,7 +20,7 @@ import numpy as np
 
 from jobs.evaluate.align import Aligned
 from jobs.evaluate.classes import accumulation_order
-from jobs.evaluate.match import Pairs, greedy_hits
+from jobs.evaluate.match import Pairs, greedy_hits, scenarios
 from jobs.evaluate.report import CocoClass, CocoStats, CocoSummary
 from jobs.evaluate.sweep import RECALL_THRESHOLDS
 
@@ -40,10 +40,9 @@ def coco_summary(aligned: Aligned, pairs: Pairs, *, iou_type: str) -> CocoSummar
     order = order[det_rank[order] < MAX_DETS[-1]]
     position = np.full(pairs.n_det, -1, dtype=np.int64)  # of each detection in `order`
     position[order] = np.arange(order.size)
-    cls_sorted = det.cls[order]
+    cls_sorted, area_sorted = det.cls[order], det.area[order]
     bounds = np.searchsorted(cls_sorted, np.arange(n_classes + 1))
-    capped = pairs.capped(MAX_DETS[-1])
-    gt_crowd = gt.crowd[pairs.g_order]
+    visited = scenarios(pairs.capped(MAX_DETS[-1]), IOU_THRESHOLDS, gt.crowd[pairs.g_order])
 
     ap = np.full((len(AREA_RANGES), n_t, n_classes), np.nan)
     recall = {}
@@ -53,9 +52,10 @@ def coco_summary(aligned: Aligned, pairs: Pairs, *, iou_type: str) -> CocoSummar
     def area_pass(a: int, low: float, high: float) -> None:
         gt_ignore = gt.crowd | (gt.area < low) | (gt.area > high)
         n_gt[a] = np.bincount(gt.cls[~gt_ignore], minlength=n_classes)
-        scenario, hit, hit_ignored = greedy_hits(capped, IOU_THRESHOLDS, gt_ignore[pairs.g_order], gt_crowd)
-        outside = (det.area < low) | (det.area > high)
-        ap[a] = _average_precision(scenario, position[hit], ~hit_ignored, outside[hit], outside[order], cls_sorted,
+        scenario, hit, hit_ignored = greedy_hits(visited, gt_ignore[pairs.g_order])
+        outside = (area_sorted < low) | (area_sorted > high)  # in `order`, which holds every hit
+        hit_position = position[hit]
+        ap[a] = _average_precision(scenario, hit_position, ~hit_ignored, outside[hit_position], outside, cls_sorted,
                                    bounds, n_gt[a], n_t)
         # Recall: the true positives among each class's first maxDets per image, over its ground truths.
         for m in MAX_DETS if a == 0 else MAX_DETS[-1:]:

@@ -278,12 +278,14 @@ def _polygons(segmentations: list[msgspec.Raw], uri: str, where: str) -> tuple[P
 def _polygon_chunk(raws: list[msgspec.Raw], first_row: int, uri: str, where: str) -> tuple[Polygons, np.ndarray]:
     try:
         segmentations = _SEGMENTATIONS.decode(b"[" + b",".join(raws) + b"]")
-    except (msgspec.ValidationError, RecursionError):
+    except (msgspec.ValidationError, msgspec.DecodeError, RecursionError):
         for i, raw in enumerate(raws):  # name the row
             try:
                 _SEGMENTATION.decode(raw)
             except msgspec.ValidationError as exc:
                 raise InputDataError(f"{uri}: {where}[{first_row + i}].segmentation: {_describe_validation(exc)}") from None
+            except msgspec.DecodeError as exc:  # such as invalid UTF-8 in a string, which the first pass let through
+                raise InputDataError(f"{uri}: {where}[{first_row + i}].segmentation: not valid JSON: {exc}") from None
             except RecursionError:
                 raise InputDataError(f"{uri}: {where}[{first_row + i}].segmentation: {TOO_DEEP}") from None
         raise
@@ -365,8 +367,10 @@ def read_coco_results(blob: Blob) -> Table:
     with _gc_paused():
         try:
             chunks = _decode_pieces(blob)
+            _check_boxes_in_all_or_none(chunks, blob.uri)
         except (msgspec.DecodeError, msgspec.ValidationError, RecursionError, InputDataError, WorkerFailed):
             chunks = _decode_rows(blob)
+            _check_boxes_in_all_or_none(chunks, blob.uri)
         if any(chunk.segmentations is not None for chunk in chunks):
             segmentations = [seg for chunk in chunks
                              for seg in (chunk.segmentations or [NO_SEGMENTATION] * chunk.rows)]
@@ -377,8 +381,6 @@ def read_coco_results(blob: Blob) -> Table:
     category_codes, category_refs = _id_codes([chunk.category_ids for chunk in chunks])
     score = np.concatenate([chunk.score for chunk in chunks]) if chunks else np.zeros(0)
     boxless = [chunk for chunk in chunks if chunk.boxes is None]
-    if boxless and len(boxless) < len(chunks):
-        raise InputDataError(f"{blob.uri}: [{boxless[0].first}] has no bbox while other results do")
     # No rows at all ([]) is an empty prediction set, as a header-only CSV is: zero boxes, not "no geometry".
     boxes = np.concatenate([chunk.boxes for chunk in chunks]) if chunks and not boxless else None if chunks else np.zeros((0, 4))
     return Table(
@@ -391,12 +393,19 @@ def read_coco_results(blob: Blob) -> Table:
     )
 
 
+def _check_boxes_in_all_or_none(chunks: list[_Results], uri: str) -> None:
+    """Each chunk's boxes are all there or all missing (else decoding it failed); so must the file's be."""
+    boxless = [chunk for chunk in chunks if chunk.boxes is None]
+    if boxless and len(boxless) < len(chunks):
+        raise InputDataError(f"{uri}: [{boxless[0].first}] has no bbox while other results do")
+
+
 # A boundary between two results: a closing brace, a comma, an opening brace. Found by searching, it
 # may also lie inside a string or a nested value; then the piece before it is not valid JSON (a
 # string or bracket is left open), its decode fails and the file is read row by row instead.
 _RESULT_BOUNDARY = re.compile(rb"\}\s*,\s*\{")
 _PIECE_BYTES = 1 << 18
-_MIN_FORKED_BYTES = 8 << 20  # below this, forking costs more than it saves
+_MIN_FORKED_BYTES = 4 << 20  # per worker: with less, forking costs more than it saves
 
 
 def _decode_pieces(blob: Blob) -> list[_Results]:
@@ -421,9 +430,12 @@ def _decode_pieces(blob: Blob) -> list[_Results]:
 
 def _decode_share(data, uri: str, pieces: list[tuple[int, int, bool, bool]]) -> list[_Results]:
     chunks = []
-    for lo, hi, opens, closes in pieces:
-        results = _RESULTS.decode(b"[" * opens + data[lo:hi] + b"]" * closes)
-        chunks.append(_columns(results, 0, uri))
+    with memoryview(data) as view:  # released on the way out, also on an error (an mmap cannot close while viewed)
+        for lo, hi, opens, closes in pieces:
+            piece = bytearray(b"[" * opens)
+            piece += view[lo:hi]  # one copy of the bytes, not two
+            piece += b"]" * closes
+            chunks.append(_columns(_RESULTS.decode(piece), 0, uri))
     return chunks
 
 
@@ -440,6 +452,8 @@ def _results(raws: list[msgspec.Raw], first: int, uri: str) -> _Results:
         results = _RESULTS.decode(b"[" + b",".join(raws) + b"]")
     except msgspec.ValidationError as exc:
         raise InputDataError(f"{uri}: {_describe_validation(exc, first)}") from None
+    except msgspec.DecodeError as exc:  # what the raw pass does not check, such as UTF-8 inside strings
+        raise InputDataError(f"{uri}: rows {first}..{first + len(raws) - 1}: not valid JSON: {exc}") from None
     except RecursionError:
         raise InputDataError(f"{uri}: rows {first}..{first + len(raws) - 1}: {TOO_DEEP}") from None
     return _columns(results, first, uri)

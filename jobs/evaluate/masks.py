@@ -113,7 +113,7 @@ def _read_rles(raws: list | None, rows: np.ndarray, sizes: np.ndarray, uri: str,
 def _decode(raws: list, rows: np.ndarray, uri: str, where: str) -> list:
     try:
         return _SEGMENTATIONS.decode(b"[" + b",".join(raws) + b"]")
-    except msgspec.ValidationError:
+    except (msgspec.ValidationError, msgspec.DecodeError):
         for i, raw in enumerate(raws):  # name the row
             try:
                 _SEGMENTATION.decode(raw)
@@ -121,6 +121,8 @@ def _decode(raws: list, rows: np.ndarray, uri: str, where: str) -> list:
                 detail = str(exc).replace(" - at `$", " at `")
                 raise InputDataError(f"{uri}: {where}[{rows[i]}].segmentation: {detail} (polygons: lists of x, y; "
                                      "RLE: {\"size\": [h, w], \"counts\": ...})") from None
+            except msgspec.DecodeError as exc:  # such as invalid UTF-8 in a string
+                raise InputDataError(f"{uri}: {where}[{rows[i]}].segmentation: not valid JSON: {exc}") from None
         raise
 
 

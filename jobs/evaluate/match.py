@@ -178,71 +178,92 @@ def match_at_thresholds(det: Objects, gt: Objects, *, n_classes: int, iou_thresh
                         pairs: Pairs | None = None) -> list[Matches]:
     """`match_detections` at each IoU threshold, independently, sharing the pairs and their IoUs.
 
-    The thresholds run side by side in the same rank steps (a leading axis of length T), so T
-    thresholds cost T times the array work but not T times the Python steps or the IoUs.
+    The thresholds run side by side in the same rank steps, each on the pairs that reach it, so T
+    thresholds cost at most T times the array work but not T times the Python steps or the IoUs.
     """
     if pairs is None:
         pairs = candidate_pairs(det, gt, n_classes=n_classes, geometry=geometry, min_iou=lowest_threshold(iou_thresholds))
     thresholds = np.asarray(iou_thresholds, dtype=np.float64)
-    tp, ignored = greedy_match(pairs, thresholds, gt.crowd[pairs.g_order], gt.crowd[pairs.g_order])
+    crowd = gt.crowd[pairs.g_order]
+    tp, ignored = greedy_match(scenarios(pairs, thresholds, crowd), crowd)
     return [Matches(tp[t], ignored[t]) for t in range(thresholds.size)]
 
 
-def greedy_match(pairs: Pairs, thresholds: np.ndarray, gt_ignore: np.ndarray, gt_crowd: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+@dataclass
+class Scenarios:
+    """The entries greedy matching visits at several IoU thresholds: (scenario s, pair p) wherever
+    pair p's IoU reaches thresholds[s], ordered by (detection rank, scenario, detection, ground
+    truth). `steps` are the rank steps: each a slice of entries, with its segments (one per
+    scenario and detection) as `reduceat` starts and each entry's segment."""
+
+    pairs: Pairs
+    n_s: int
+    scenario: np.ndarray
+    iou: np.ndarray
+    det: np.ndarray  # index into pairs.d_order
+    gt: np.ndarray  # index into pairs.g_order
+    crowd: np.ndarray
+    taken_index: np.ndarray  # scenario * n_gt + gt: where "taken" is kept per scenario
+    steps: list[tuple[int, int, np.ndarray, np.ndarray]]
+
+
+def scenarios(pairs: Pairs, thresholds: np.ndarray, gt_crowd: np.ndarray) -> Scenarios:
+    """Scenario s matches at thresholds[s]; gt_crowd (in g_order) marks the crowd regions. Built once
+    and shared by every `greedy_hits` over the same pairs and thresholds."""
+    limit = np.minimum(thresholds, 1 - 1e-10)  # pycocotools clips t the same way
+    scenario, pair = np.nonzero(pairs.iou[None, :] >= limit[:, None])  # by scenario, then pair order
+    rank = pairs.d_rank[pairs.pair_det[pair]]
+    if rank.size and rank.max() < 2**16:  # numpy's stable sort of 16-bit keys is a radix sort
+        rank = rank.astype(np.uint16)
+    by_rank = np.argsort(rank, kind="stable")
+    scenario, pair, rank = scenario[by_rank], pair[by_rank], rank[by_rank]
+    det, gt = pairs.pair_det[pair], pairs.pair_gt[pair]
+    new_segment = np.r_[True, (scenario[1:] != scenario[:-1]) | (det[1:] != det[:-1])] if pair.size else np.zeros(0, bool)
+    segment = np.cumsum(new_segment) - 1
+    segment_starts = np.flatnonzero(new_segment)
+    steps = []
+    bounds = np.flatnonzero(np.r_[True, rank[1:] != rank[:-1], True]) if pair.size else np.zeros(0, np.int64)
+    for lo, hi in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
+        first, last = segment[lo], segment[hi - 1] + 1
+        steps.append((lo, hi, segment_starts[first:last] - lo, segment[lo:hi] - first))
+    return Scenarios(pairs, thresholds.size, scenario, pairs.iou[pair], det, gt, gt_crowd[gt],
+                     scenario * pairs.g_order.size + gt, steps)
+
+
+def greedy_match(sc: Scenarios, gt_ignore: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """`greedy_hits` as (S, n_det) true-positive and matched-an-ignored-one flags, in input order."""
-    n_t, n_det = thresholds.size, pairs.n_det
-    tp = np.zeros((n_t, n_det), dtype=bool)
-    ignored = np.zeros((n_t, n_det), dtype=bool)
-    scenario, det, hit_ignored = greedy_hits(pairs, thresholds, gt_ignore, gt_crowd)
+    tp = np.zeros((sc.n_s, sc.pairs.n_det), dtype=bool)
+    ignored = np.zeros((sc.n_s, sc.pairs.n_det), dtype=bool)
+    scenario, det, hit_ignored = greedy_hits(sc, gt_ignore)
     tp[scenario[~hit_ignored], det[~hit_ignored]] = True
     ignored[scenario[hit_ignored], det[hit_ignored]] = True
     return tp, ignored
 
 
-def greedy_hits(pairs: Pairs, thresholds: np.ndarray, gt_ignore: np.ndarray, gt_crowd: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """pycocotools' evaluateImg matching in S scenarios side by side: scenario s matches at
-    thresholds[s] with ground truths gt_ignore[s] (S, n_gt in g_order; (n_gt,) when the same for
-    all) ignored (crowd, or outside an area range). A detection takes the best unmatched non-ignored ground truth, else the best
-    ignored one (then it is ignored itself); crowd regions (gt_crowd) can be taken again.
+def greedy_hits(sc: Scenarios, gt_ignore: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """pycocotools' evaluateImg matching in every scenario side by side, with the ground truths
+    gt_ignore (in g_order) ignored (crowd, or outside an area range). A detection takes the best
+    unmatched non-ignored ground truth, else the best ignored one (then it is ignored itself);
+    crowd regions can be taken again.
 
     Returns the matched detections, sparse: scenario, detection (input index) and whether the
     ground truth it took is an ignored one (else it is a true positive).
     """
-    n_t = thresholds.size
-    pair_det, pair_gt, iou = pairs.pair_det, pairs.pair_gt, pairs.iou
-    empty = np.zeros(0, np.int64)
-    if pair_det.size == 0:
-        return empty, empty, np.zeros(0, bool)
-    limit = np.minimum(thresholds, 1 - 1e-10)[:, None]  # pycocotools clips t the same way
-    pair_crowd = gt_crowd[pair_gt]
-    pair_ignore = gt_ignore[..., pair_gt]  # (S, pairs), or (pairs,) when every scenario ignores the same
+    if not sc.steps:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, bool)
     # Candidate score: any non-ignored match beats any ignored one; within each kind the higher IoU.
-    candidate = np.where(iou >= limit, iou + np.where(pair_ignore, 0.0, 2.0), -1.0)  # (S, pairs)
-    pair_rank = pairs.d_rank[pair_det]
-    rank_bounds = np.searchsorted(pair_rank, np.arange(pair_rank[-1] + 2))
-    shared = pair_ignore.ndim == 1
-
-    gt_taken = np.zeros((n_t, pairs.g_order.size), dtype=bool)
+    value = sc.iou + np.where(gt_ignore[sc.gt], 0.0, 2.0)
+    taken = np.zeros(sc.n_s * sc.pairs.g_order.size, dtype=bool)  # per scenario and ground truth
     found = []
-    for k in range(rank_bounds.size - 1):
-        lo, hi = rank_bounds[k], rank_bounds[k + 1]
-        if lo == hi:
-            continue
-        p_det, p_gt, p_crowd = pair_det[lo:hi], pair_gt[lo:hi], pair_crowd[lo:hi]
+    for lo, hi, starts, segment in sc.steps:
         # A non-crowd ground truth taken by a higher-scored detection is out of reach.
-        cand = np.where(gt_taken[:, p_gt] & ~p_crowd, -1.0, candidate[:, lo:hi])
-        starts = np.flatnonzero(np.r_[True, p_det[1:] != p_det[:-1]])
-        best = np.maximum.reduceat(cand, starts, axis=1)
-        seg = np.repeat(np.arange(starts.size), np.diff(np.r_[starts, p_det.size]))
-        # Among the pairs at the best candidate, the last ground truth in order wins (pycocotools).
-        at_best = (cand == best[:, seg]) & (cand >= 0)
-        chosen = np.maximum.reduceat(np.where(at_best, np.arange(p_det.size), -1), starts, axis=1)
-        t_hit, s_hit = np.nonzero(chosen >= 0)
-        chosen = chosen[t_hit, s_hit]
-        hit_gt, hit_crowd = p_gt[chosen], p_crowd[chosen]
-        found.append((t_hit, p_det[chosen], pair_ignore[lo + chosen] if shared else pair_ignore[t_hit, lo + chosen]))
-        gt_taken[t_hit[~hit_crowd], hit_gt[~hit_crowd]] = True
-    if not found:
-        return empty, empty, np.zeros(0, bool)
-    scenario, det_sorted, hit_ignored = (np.concatenate(parts) for parts in zip(*found))
-    return scenario, pairs.d_order[det_sorted], hit_ignored
+        cand = np.where(taken[sc.taken_index[lo:hi]] & ~sc.crowd[lo:hi], -1.0, value[lo:hi])
+        best = np.maximum.reduceat(cand, starts)
+        # Among the entries at the best candidate, the last ground truth in order wins (pycocotools).
+        at_best = (cand == best[segment]) & (cand >= 0)
+        chosen = np.maximum.reduceat(np.where(at_best, np.arange(hi - lo), -1), starts)
+        chosen = lo + chosen[chosen >= 0]
+        found.append(chosen)
+        taken[sc.taken_index[chosen[~sc.crowd[chosen]]]] = True
+    hits = np.concatenate(found)
+    return sc.scenario[hits], sc.pairs.d_order[sc.det[hits]], gt_ignore[sc.gt[hits]]
