@@ -9,6 +9,7 @@ that moment; a thread that only hashes a buffer holds none the child could need)
 
 from __future__ import annotations
 
+import functools
 import os
 import pickle
 import signal
@@ -53,61 +54,94 @@ def map_forked(fn: Callable[[T], R], shares: Sequence[T]) -> list[R]:
     """[fn(share) for share in shares]: the first share in this process, each other in a forked child.
 
     Results come back in order. An exception raised by `fn` in a child is raised here (after every
-    child is reaped); a child that dies or sends garbage raises WorkerFailed. Where forking is not
-    safe, all shares run here, one after another.
+    child is reaped); a child that dies or cannot send its result raises WorkerFailed. Where
+    forking is not safe, all shares run here, one after another.
     """
     if len(shares) <= 1 or not can_fork():
         return [fn(share) for share in shares]
-    children: list[tuple[int, int]] = []
-    readers: list[_Reader] = []
-    finished = False
+    children: list[Forked] = []
     try:
         for share in shares[1:]:
-            read_end, write_end = os.pipe()
-            pid = os.fork()
-            if pid == 0:  # the child: compute, send, leave without running the parent's cleanup
-                os.close(read_end)
-                _child(fn, share, write_end)
-            os.close(write_end)
-            children.append((pid, read_end))
-        # Each child's result is read while this process works on its own share: a pipe holds
-        # 64 KiB, and a child would otherwise wait with the rest of its result until then.
-        for pid, read_end in children:
-            readers.append(_Reader(pid, read_end))
+            children.append(Forked(fn, share))
         results = [fn(shares[0])]
-        results += [reader.result() for reader in readers]
-        finished = True
-        return results
+        return results + [child.result() for child in children]
     finally:
-        _end(children, readers, kill=not finished)
+        for child in children:
+            child.close()
 
 
-def _end(children: list[tuple[int, int]], readers: list[_Reader], *, kill: bool) -> None:
-    """Reap every child: killed first where this process failed before it had every result (their
-    work is not wanted), then each pipe closed only once its reader has stopped."""
-    for pid, _ in children:
+class Forked:
+    """fn(*args, **kwargs) started in a forked child, while this process goes on; `result()` waits
+    for it (and raises what it raised). Where forking is not safe, fn runs here, in `result()`.
+
+    Use it as a context manager: leaving the block without the result (an error here) kills the
+    child; either way it is reaped and its pipe closed.
+    """
+
+    def __init__(self, fn: Callable[..., R], *args, **kwargs):
+        self._call = functools.partial(fn, *args, **kwargs)
+        self.pid: int | None = None
+        self._pipe: int | None = None
+        if not can_fork():
+            return
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: compute, send, leave without running the parent's cleanup
+            os.close(read_end)
+            _child(self._call, write_end)
+        os.close(write_end)
+        self.pid, self._pipe = pid, read_end
+
+    def __enter__(self) -> Forked:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def result(self):
+        """The child's result. It is read only now (a thread reading it meanwhile made this process
+        slower: with a second thread, each copy-on-write fault costs a TLB shootdown); the child
+        waits with what the pipe does not hold."""
+        if self.pid is None:
+            return self._call()
+        try:
+            with os.fdopen(self._pipe, "rb", closefd=False) as pipe:
+                payload = pipe.read()
+            try:
+                ok, value = pickle.loads(payload)
+            except Exception:
+                raise WorkerFailed(f"worker {self.pid} sent no result ({len(payload)} bytes)") from None
+        finally:
+            self.close(kill=False)
+        if not ok:
+            raise value
+        return value
+
+    def close(self, *, kill: bool = True) -> None:
+        """Reap the child, killed first unless its result was read (its work is not wanted); safe to
+        call more than once."""
+        pid, self.pid = self.pid, None
+        if pid is None:
+            return
         if kill:
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-    for reader in readers:  # a dead child's pipe ends: its reader stops
-        reader.join()
-    for pid, read_end in children:
-        os.close(read_end)
+        os.close(self._pipe)
         try:
             os.waitpid(pid, 0)
         except ChildProcessError:
             pass
 
 
-def _child(fn: Callable, share, write_end: int) -> None:
+def _child(fn: Callable[[], R], write_end: int) -> None:
     status = 1
     try:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the parent's preemption handler is not ours
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         try:
-            result = fn(share)
+            result = fn()
         except BaseException as exc:  # noqa: BLE001 - sent to the parent, which raises it
             payload = _pickled_exception(exc)
         else:
@@ -129,27 +163,3 @@ def _pickled_exception(exc: BaseException) -> bytes:
         return payload
     except Exception:
         return pickle.dumps((False, WorkerFailed(f"{type(exc).__name__}: {exc}")))
-
-
-class _Reader(threading.Thread):
-    """Reads one child's pipe to its end (os.read releases the GIL while it waits); started only
-    after the last fork."""
-
-    def __init__(self, pid: int, read_end: int):
-        super().__init__(name=f"worker-{pid}", daemon=True)
-        self.pid, self.read_end, self.payload = pid, read_end, b""
-        self.start()
-
-    def run(self) -> None:
-        with os.fdopen(self.read_end, "rb", closefd=False) as pipe:
-            self.payload = pipe.read()
-
-    def result(self):
-        self.join()
-        try:
-            ok, value = pickle.loads(self.payload)
-        except Exception:
-            raise WorkerFailed(f"worker {self.pid} sent no result ({len(self.payload)} bytes)") from None
-        if not ok:
-            raise value
-        return value
