@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -19,7 +20,7 @@ from common.storage import AlreadyExists
 from jobs.evaluate.align import Aligned, align
 from jobs.evaluate.bootstrap import bootstrap_intervals
 from jobs.evaluate.calibration import calibrate, calibration_document
-from jobs.evaluate.classes import add_ap_by_iou, evaluate_at_thresholds, evaluate_classes
+from jobs.evaluate.classes import accumulation_order, add_ap_by_iou, evaluate_at_thresholds, evaluate_classes
 from jobs.evaluate.drift import drift_block, read_baseline
 from jobs.evaluate.coco import IOU_THRESHOLDS as COCO_IOU_THRESHOLDS
 from jobs.evaluate.coco import coco_summary
@@ -231,35 +232,19 @@ def evaluate(settings: EvalSettings, run_id: str, log: structlog.BoundLogger) ->
         pairs=pairs)
     log.info("matched", detections=int(aligned.det.image.size), true_positives=int(matches.tp.sum()),
              ignored=int(matches.ignored.sum()), seconds=round(time.perf_counter() - t0, 3))
-    coco = None
+    # COCO's summary runs on a thread while this one measures the operating points: both are mostly
+    # numpy, which releases the GIL, and each alone leaves the second CPU idle at times. Both need
+    # the accumulation order; it is computed (and kept) first.
     if with_coco:
-        t0 = time.perf_counter()
-        coco = coco_summary(aligned, pairs, iou_type=aligned.geometry)
-        log.info("coco summary", iou_type=coco.iou_type, **coco.stats.model_dump(), seconds=round(time.perf_counter() - t0, 3))
-
-    evaluation_mask = holdout = None
-    if settings.holdout_fraction > 0:
-        evaluation_mask = holdout_mask(aligned.n_images, fraction=settings.holdout_fraction, seed=settings.seed)
-        classes, summary, holdout = evaluate_with_holdout(aligned, matches, evaluation_mask, settings)
-    else:
-        classes, summary = evaluate_classes(aligned, matches, policy=settings.policy, min_support=settings.min_support)
-    if settings.iou_thresholds:
-        classes, summary = ap_by_iou(aligned, matches_by_iou, settings.iou_thresholds, evaluation_mask, classes, summary)
-    calibration = calibrated = None
-    if settings.calibration != "none":
-        t0 = time.perf_counter()
-        calibration, calibrated = calibrate(
-            aligned, matches, classes, summary, method=settings.calibration, scope=settings.calibration_scope,
-            min_detections=settings.calibration_min_detections, folds=settings.calibration_folds, seed=settings.seed)
-        log.info("calibrated", method=calibration.method, scope=calibration.scope, temperature=calibration.temperature,
-                 ece_before=calibration.ece_before, ece_after=calibration.ece_after,
-                 fallback_classes=sum(m.fallback for m in calibration.per_class),
-                 seconds=round(time.perf_counter() - t0, 3))
-    intervals = None
-    if settings.bootstrap:
-        intervals = bootstrap_intervals(aligned, matches, replicates=settings.bootstrap, seed=settings.seed,
-                                        policy=settings.policy, min_support=settings.min_support,
-                                        evaluation_mask=evaluation_mask, log=log)
+        accumulation_order(aligned.det, len(aligned.classes), aligned.n_images)
+    t_coco = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="coco") as side:
+        coco_work = side.submit(coco_summary, aligned, pairs, iou_type=aligned.geometry) if with_coco else None
+        measured = measure(settings, aligned, matches, matches_by_iou, log)
+        coco = coco_work.result() if coco_work is not None else None
+    if coco is not None:
+        log.info("coco summary", iou_type=coco.iou_type, **coco.stats.model_dump(), seconds=round(time.perf_counter() - t_coco, 3))
+    classes, summary, evaluation_mask, holdout, calibration, calibrated, intervals = measured
     report = Report(
         run=RunInfo(id=run_id, started_at=started, finished_at=utc_now(), code_version=code_version(),
                     library_versions=library_versions("numpy", "pyarrow", "msgspec", "shapely", "pycocotools", "pydantic",
@@ -285,6 +270,35 @@ def evaluate(settings: EvalSettings, run_id: str, log: structlog.BoundLogger) ->
                                    f1_tolerance=settings.drift_f1_tolerance, defaults=defaults)
         log.info("drift compared", baseline=report.drift.baseline, changed=len(report.drift.changed))
     return report, Evidence(aligned, matches, evaluation_mask, calibrated)
+
+
+def measure(settings: EvalSettings, aligned: Aligned, matches: Matches, matches_by_iou: list[Matches], log):
+    """Per class: the sweep and operating point (on held-out images with a holdout), AP at the extra
+    IoU thresholds, calibration and bootstrap intervals, as configured."""
+    evaluation_mask = holdout = None
+    if settings.holdout_fraction > 0:
+        evaluation_mask = holdout_mask(aligned.n_images, fraction=settings.holdout_fraction, seed=settings.seed)
+        classes, summary, holdout = evaluate_with_holdout(aligned, matches, evaluation_mask, settings)
+    else:
+        classes, summary = evaluate_classes(aligned, matches, policy=settings.policy, min_support=settings.min_support)
+    if settings.iou_thresholds:
+        classes, summary = ap_by_iou(aligned, matches_by_iou, settings.iou_thresholds, evaluation_mask, classes, summary)
+    calibration = calibrated = None
+    if settings.calibration != "none":
+        t0 = time.perf_counter()
+        calibration, calibrated = calibrate(
+            aligned, matches, classes, summary, method=settings.calibration, scope=settings.calibration_scope,
+            min_detections=settings.calibration_min_detections, folds=settings.calibration_folds, seed=settings.seed)
+        log.info("calibrated", method=calibration.method, scope=calibration.scope, temperature=calibration.temperature,
+                 ece_before=calibration.ece_before, ece_after=calibration.ece_after,
+                 fallback_classes=sum(m.fallback for m in calibration.per_class),
+                 seconds=round(time.perf_counter() - t0, 3))
+    intervals = None
+    if settings.bootstrap:
+        intervals = bootstrap_intervals(aligned, matches, replicates=settings.bootstrap, seed=settings.seed,
+                                        policy=settings.policy, min_support=settings.min_support,
+                                        evaluation_mask=evaluation_mask, log=log)
+    return classes, summary, evaluation_mask, holdout, calibration, calibrated, intervals
 
 
 def load_baseline(settings: EvalSettings, log):
