@@ -108,24 +108,20 @@ def _average_precision(scenario: np.ndarray, pos: np.ndarray, is_tp: np.ndarray,
     n_classes, n_r, size = n_gt.size, RECALL_THRESHOLDS.size, outside_sorted.size + 1
     inside_before = np.r_[0, np.cumsum(~outside_sorted, dtype=np.int64)]  # dense: one pass per area range
     key = scenario * size + pos
-    # Counted up to p = inside ones up to p - matched inside ones (counted only if TP: added back below) + TPs.
-    not_counted_inside = np.sort(key[~hit_outside])  # matched and inside: counted only when a TP
+    matched_inside = np.sort(key[~hit_outside])  # each either a TP or ignored: never a false positive
     tp_key = np.sort(key[is_tp])
     tp_scenario, tp_pos = tp_key // size, tp_key % size
     cls = np.searchsorted(bounds, tp_pos, side="right") - 1
-    group_start = tp_scenario * size + bounds[cls]
-
-    def up_to(keys, at):  # how many of these keys lie in the class of `at`, at or before it
-        return np.searchsorted(keys, at, side="right") - np.searchsorted(keys, group_start, side="left")
-
-    counted = (inside_before[tp_pos + 1] - inside_before[bounds[cls]] - up_to(not_counted_inside, tp_key)
-               + up_to(tp_key, tp_key)).astype(np.float64)
     group = tp_scenario * n_classes + cls
     n_groups = n_s * n_classes
     per_group = np.bincount(group, minlength=n_groups)
     first = np.cumsum(per_group) - per_group
     k = (np.arange(group.size) - np.repeat(first, per_group) + 1).astype(np.float64)  # TPs so far
-    fp = counted - k
+    # False positives so far: the unmatched detections inside the range, up to this TP in its class.
+    group_start = tp_scenario * size + bounds[cls]
+    matched_inside_so_far = (np.searchsorted(matched_inside, tp_key, side="right")
+                             - np.searchsorted(matched_inside, group_start, side="left"))
+    fp = (inside_before[tp_pos + 1] - inside_before[bounds[cls]] - matched_inside_so_far).astype(np.float64)
     pr = k / (fp + k + np.spacing(1))
     with np.errstate(divide="ignore", invalid="ignore"):
         rc = k / np.tile(n_gt, n_s)[group]

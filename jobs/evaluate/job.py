@@ -27,7 +27,7 @@ from jobs.evaluate.coco import coco_summary
 from jobs.evaluate.formats import ReadOptions, detect_format, open_source
 from jobs.evaluate.history import append_history, history_rows_of, history_with_run, read_history_frame
 from jobs.evaluate.load import decompressed
-from jobs.evaluate.match import Matches, candidate_pairs, lowest_threshold, match_at_thresholds
+from jobs.evaluate.match import Matches, candidate_pairs, descending_rank, lowest_threshold, match_at_thresholds
 from jobs.evaluate.nms import nms_keep
 from jobs.evaluate.page import render_index
 from jobs.evaluate.plots import class_curves, render_plots
@@ -225,25 +225,31 @@ def evaluate(settings: EvalSettings, run_id: str, log: structlog.BoundLogger) ->
     # The extra EVAL_IOU_THRESHOLDS (AP only) and COCO's summary match on the same pairs: the IoUs are computed once.
     with_coco = gt.images is not None and aligned.geometry in ("bbox", "segm")
     thresholds = [settings.iou_threshold, *settings.iou_thresholds]
-    pairs = candidate_pairs(aligned.det, aligned.gt, n_classes=len(aligned.classes), geometry=aligned.geometry,
-                            min_iou=lowest_threshold([*thresholds, *(COCO_IOU_THRESHOLDS if with_coco else [])]))
-    matches, *matches_by_iou = match_at_thresholds(
-        aligned.det, aligned.gt, n_classes=len(aligned.classes), iou_thresholds=thresholds, geometry=aligned.geometry,
-        pairs=pairs)
-    log.info("matched", detections=int(aligned.det.image.size), true_positives=int(matches.tp.sum()),
-             ignored=int(matches.ignored.sum()), seconds=round(time.perf_counter() - t0, 3))
-    # COCO's summary runs on a thread while this one measures the operating points: both are mostly
-    # numpy, which releases the GIL, and each alone leaves the second CPU idle at times. Both need
-    # the accumulation order; it is computed (and kept) first.
-    if with_coco:
-        accumulation_order(aligned.det, len(aligned.classes), aligned.n_images)
-    t_coco = time.perf_counter()
+    n_classes = len(aligned.classes)
+    # COCO's summary runs on a second thread, beside the matching and then the operating points:
+    # all of them mostly numpy, which releases the GIL, and each alone leaves the second CPU idle
+    # at times. It and the sweep share the accumulation order (by score, from the shared ranks),
+    # sorted on that thread first, while this one pairs detections with ground truths.
+    descending_rank(aligned.det.score)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="coco") as side:
-        coco_work = side.submit(coco_summary, aligned, pairs, iou_type=aligned.geometry) if with_coco else None
+        order_work = side.submit(accumulation_order, aligned.det, n_classes, aligned.n_images) if with_coco else None
+        pairs = candidate_pairs(aligned.det, aligned.gt, n_classes=n_classes, geometry=aligned.geometry,
+                                min_iou=lowest_threshold([*thresholds, *(COCO_IOU_THRESHOLDS if with_coco else [])]))
+        matches, *matches_by_iou = match_at_thresholds(
+            aligned.det, aligned.gt, n_classes=n_classes, iou_thresholds=thresholds, geometry=aligned.geometry,
+            pairs=pairs)
+        log.info("matched", detections=int(aligned.det.image.size), true_positives=int(matches.tp.sum()),
+                 ignored=int(matches.ignored.sum()), seconds=round(time.perf_counter() - t0, 3))
+        coco = None
+        if with_coco:
+            order_work.result()  # kept: the sweep and the summary take it from here
+            t_coco = time.perf_counter()
+            coco_work = side.submit(coco_summary, aligned, pairs, iou_type=aligned.geometry)
         measured = measure(settings, aligned, matches, matches_by_iou, log)
-        coco = coco_work.result() if coco_work is not None else None
-    if coco is not None:
-        log.info("coco summary", iou_type=coco.iou_type, **coco.stats.model_dump(), seconds=round(time.perf_counter() - t_coco, 3))
+        if with_coco:
+            coco = coco_work.result()
+            log.info("coco summary", iou_type=coco.iou_type, **coco.stats.model_dump(),
+                     seconds=round(time.perf_counter() - t_coco, 3))
     classes, summary, evaluation_mask, holdout, calibration, calibrated, intervals = measured
     report = Report(
         run=RunInfo(id=run_id, started_at=started, finished_at=utc_now(), code_version=code_version(),

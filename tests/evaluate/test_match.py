@@ -6,7 +6,8 @@ import pytest
 from jobs.evaluate.match import radix_argsort, stable_order
 
 
-@pytest.mark.parametrize("span", [1, 2, 2**16, 2**16 + 1, 3 * 2**20, 2**40 + 7])
+# 5,000 values take 13 bits of index: spans up to 2**50 are sorted packed, wider ones by 16-bit digits.
+@pytest.mark.parametrize("span", [1, 2, 2**16, 2**16 + 1, 3 * 2**20, 2**40 + 7, 2**50, 2**50 + 1, 2**62 - 1])
 def test_radix_argsort_is_numpys_stable_argsort(span):
     rng = np.random.default_rng(span % 1000)
     values = rng.integers(0, span, 5000, dtype=np.int64)
