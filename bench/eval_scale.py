@@ -523,18 +523,24 @@ def masks(work: Path, n_images: int, repeats: int) -> None:
 
 
 def coco_block_cost(ref: dict, repeats: int) -> None:
-    """The reference case with the coco block: its cost, from the job's own log; and, for the same
-    work, hotcoco's evaluation under COCO's default parameters with summarize() (alternating)."""
-    runs, peer = [], []
+    """The reference case with the coco block and without (EVAL_COCO_SUMMARY=false), alternating:
+    its cost is the difference; the job's log gives the block's own time on its thread (beside the
+    operating points). And, for the same work, hotcoco's evaluation under COCO's default parameters
+    with summarize()."""
+    runs, bare, peer = [], [], []
     for _ in range(repeats):
         runs.append(run_job(ref["gt"], ref["det"], ref["folder"] / "outc"))
+        if job_has_setting("EVAL_COCO_SUMMARY"):
+            bare.append(run_job(ref["gt"], ref["det"], ref["folder"] / "outn", coco_summary="false"))
         wall, rss, text, cpu = run_measured([PY, __file__, "--peer-coco", "hotcoco", str(ref["gt"]), str(ref["det"]), "bbox"])
         peer.append({"wall": wall, "cpu": cpu, **json.loads(text.strip().splitlines()[-1])})
     secs = [json.loads(line)["seconds"] for r in runs for line in r["log"].splitlines()
             if line.startswith("{") and '"coco summary"' in line]
     wall = median([r["wall"] for r in runs])
-    print(f"\n== coco block on the reference case: job process {wall:.2f} s, of which the coco block "
-          f"{median(secs):.2f} s (median of {repeats})")
+    without = f", without it {median([r['wall'] for r in bare]):.2f} s: it costs " \
+              f"{wall - median([r['wall'] for r in bare]):.2f} s" if bare else ""
+    print(f"\n== coco block on the reference case: job process {wall:.2f} s{without} "
+          f"(its own time on its thread {median(secs):.2f} s; medians of {repeats})")
     ours, theirs = runs[-1]["report"]["coco"]["stats"], peer[-1]["stats"]
     diff = max(abs((ours[k] if ours[k] is not None else -1.0) - v) for k, v in zip(STAT_NAMES, theirs))
     hot = median([p["wall"] for p in peer])

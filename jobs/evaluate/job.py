@@ -223,7 +223,7 @@ def evaluate(settings: EvalSettings, run_id: str, log: structlog.BoundLogger) ->
 
     t0 = time.perf_counter()
     # The extra EVAL_IOU_THRESHOLDS (AP only) and COCO's summary match on the same pairs: the IoUs are computed once.
-    with_coco = gt.images is not None and aligned.geometry in ("bbox", "segm")
+    with_coco = settings.coco_summary and gt.images is not None and aligned.geometry in ("bbox", "segm")
     thresholds = [settings.iou_threshold, *settings.iou_thresholds]
     n_classes = len(aligned.classes)
     # COCO's summary runs on a second thread, beside the matching and then the operating points:

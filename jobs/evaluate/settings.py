@@ -129,6 +129,11 @@ class EvalSettings(BaseSettings):
         description="'flat': write into EVAL_OUTPUT_URI. 'runs' (scheduled runs): write into "
         "EVAL_OUTPUT_URI/runs/<run id>/ (the report only if absent), then point EVAL_OUTPUT_URI/latest.json at it.",
     )
+    coco_summary: bool = Field(
+        True,
+        description="With COCO ground truth (bbox or segm): the report's `coco` block, the 12 numbers of pycocotools' "
+        "summarize() and AP@[.5:.95] per class. false: leave it out (null), which saves its time on large inputs.",
+    )
     report_page: bool = Field(
         True,
         description="Write index.html beside the report: one self-contained interactive page (sortable class table, "

@@ -344,3 +344,12 @@ def test_a_table_row_without_a_polygon_under_segm_names_the_row_from_1(job_env, 
     proc = run_job(job_env, tmp_path, annotations_uri=str(gt), predictions_uri=str(pred), iou_type="segm")
     assert_clean_failure(proc, ExitCode.INPUT_DATA, "gt.csv", "row 2, column 'polygon'", "missing",
                          out=tmp_path / "out")
+
+
+def test_coco_summary_can_be_left_out(monkeypatch):
+    """EVAL_COCO_SUMMARY=false: no `coco` block, and the rest of the report unchanged."""
+    on = evaluate(monkeypatch, FIXTURE / "predictions.json", FIXTURE / "annotations.json")
+    off = evaluate(monkeypatch, FIXTURE / "predictions.json", FIXTURE / "annotations.json", coco_summary="false")
+    assert on.coco is not None and off.coco is None
+    assert [c.model_dump() for c in off.classes] == [c.model_dump() for c in on.classes]
+    assert off.summary == on.summary
