@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 import mmap
+import os
 import re
+import signal
 from types import SimpleNamespace
 
 import msgspec
@@ -227,6 +229,24 @@ def test_a_mapped_file(spy, monkeypatch, tmp_path):
         got = read_coco_results(blob)
         assert len(spy.shares[-1]) >= 2 and spy.fallbacks == 0
         assert_same_table(got, exact(Blob(str(path), path.read_bytes(), "v"), monkeypatch))
+
+
+def test_a_worker_that_dies_sends_the_file_to_the_exact_path(spy, monkeypatch):
+    """A decoding child killed (for memory, say) costs time, not numbers: the file is read row by row."""
+    parent, real_share = os.getpid(), load._decode_share
+
+    def dies_in_a_child(*args):
+        if os.getpid() != parent:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real_share(*args)
+
+    monkeypatch.setattr(load, "_decode_share", dies_in_a_child)
+    blob = Blob("/d/p.json", json.dumps(dets(3, n_images=80)).encode(), "v")
+    got = read_coco_results(blob)
+    assert len(spy.shares[-1]) >= 2 and spy.fallbacks == 1
+    assert_same_table(got, exact(blob, monkeypatch))
+    with pytest.raises(ChildProcessError):  # reaped
+        os.waitpid(-1, os.WNOHANG)
 
 
 def test_the_real_sizes(monkeypatch):
