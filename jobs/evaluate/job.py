@@ -230,9 +230,11 @@ def evaluate(settings: EvalSettings, run_id: str, log: structlog.BoundLogger) ->
     # all of them mostly numpy, which releases the GIL, and each alone leaves the second CPU idle
     # at times. It and the sweep share the accumulation order (by score, from the shared ranks),
     # sorted on that thread first, while this one pairs detections with ground truths.
-    descending_rank(aligned.det.score)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="coco") as side:
-        order_work = side.submit(accumulation_order, aligned.det, n_classes, aligned.n_images) if with_coco else None
+        order_work = None
+        if with_coco:
+            descending_rank(aligned.det.score)  # here first: then both threads read the one result
+            order_work = side.submit(accumulation_order, aligned.det, n_classes, aligned.n_images)
         pairs = candidate_pairs(aligned.det, aligned.gt, n_classes=n_classes, geometry=aligned.geometry,
                                 min_iou=lowest_threshold([*thresholds, *(COCO_IOU_THRESHOLDS if with_coco else [])]))
         matches, *matches_by_iou = match_at_thresholds(

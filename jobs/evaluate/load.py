@@ -360,7 +360,7 @@ def read_coco_results(blob: Blob) -> Table:
     """COCO results, decoded in chunks of rows and straight into columns.
 
     The file is cut into pieces of about 256 KiB, each decoded by the CPUs' forked workers
-    (`_decode_pieces`): 0.51 s to 0.25 s on the 71 MB benchmark file with 2 CPUs. An input that
+    (`_decode_pieces`): 0.49 s to 0.28 s in the job on the 71 MB benchmark file with 2 CPUs. An input that
     piece-wise decoding refuses, for whatever reason, is read again row by row (`_decode_rows`),
     which names the first bad row exactly as a whole-file decode would.
     """
