@@ -21,6 +21,7 @@ import secrets
 import signal
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from common import preemption
@@ -40,30 +41,54 @@ class VersionChanged(StorageError):
 class Blob:
     """An object's bytes (or a read-only mapping of a file) and version: "etag:<etag>" on S3,
     "sha256:<hex>" on disk, computed when first asked for. `hash_in_background` computes it on a
-    thread instead (hashlib releases the GIL), while the caller parses the bytes.
+    thread instead (hashlib releases the GIL); `version_later` gives it as a function to call when
+    it is needed, the hash running meanwhile.
     """
 
     def __init__(self, uri: str, data: bytes | mmap.mmap, version: str | None = None):
         self.uri, self.data, self._version = uri, data, version
-        self._hashing: threading.Thread | None = None
+        self._digest: _Digest | None = None
 
     def hash_in_background(self) -> Blob:
-        if self._version is None and self._hashing is None:
-            # fork_safe: hashlib over a buffer holds no lock a forked decoder could need (load.py)
-            self._hashing = fork_safe(threading.Thread(target=self._hash, name="sha256", daemon=True))
-            self._hashing.start()
+        if self._version is None and self._digest is None:
+            self._digest = _Digest(self.data)
         return self
 
-    def _hash(self) -> None:
-        self._version = f"sha256:{hashlib.sha256(self.data).hexdigest()}"
+    def version_later(self) -> Callable[[], str]:
+        """The version, as a function: a file's sha256 starts now on a thread (a reader asks for it
+        once it has parsed the bytes, so the hash does not compete with the parsing). The function
+        holds the version, not the bytes: a mapped file is unmapped once nothing else holds it."""
+        if self._version is not None:
+            return functools.partial(str, self._version)
+        return self.hash_in_background()._digest
 
     @property
     def version(self) -> str:
-        if self._hashing is not None:
-            self._hashing.join()
-        elif self._version is None:
-            self._hash()
+        if self._version is None:
+            self._version = self._digest() if self._digest is not None else _sha256(self.data)
         return self._version
+
+
+def _sha256(data) -> str:
+    return f"sha256:{hashlib.sha256(data).hexdigest()}"
+
+
+class _Digest:
+    """A sha256 version computed on a thread; calling it waits for it. The thread lets go of the
+    bytes when it is done (Thread.run drops its arguments)."""
+
+    def __init__(self, data):
+        self._value: str | None = None
+        # fork_safe: hashlib over a buffer holds no lock a forked decoder could need (load.py)
+        self._thread = fork_safe(threading.Thread(target=self._run, args=(data,), name="sha256", daemon=True))
+        self._thread.start()
+
+    def _run(self, data) -> None:
+        self._value = _sha256(data)
+
+    def __call__(self) -> str:
+        self._thread.join()
+        return self._value
 
 
 def is_s3(uri: str) -> bool:
@@ -257,9 +282,12 @@ def read_many(uris: list[str], *, workers: int | None = None, max_bytes: int | N
     with _bounded(uris[0]):
         pool = ThreadPoolExecutor(max_workers=workers or READ_WORKERS)
         try:
-            return list(pool.map(one, uris))
-        finally:
+            blobs = list(pool.map(one, uris))
+        except BaseException:  # a deadline or SIGTERM: do not wait for the requests still out
             pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown(wait=True)  # all done: no thread outlives the call (a later fork may need none)
+        return blobs
 
 
 def read_head(uri: str, *, max_bytes: int) -> Blob:

@@ -95,3 +95,22 @@ def test_local_write_if_match_is_a_compare_and_swap(tmp_path):
     with pytest.raises(storage.VersionChanged):
         storage.write(str(tmp_path / "out" / "missing"), b"x", if_match="sha256:00")
     assert not [p.name for p in (tmp_path / "out").iterdir() if p.name.endswith(".tmp")]  # no temp files left
+
+
+def test_version_later_hashes_on_a_thread_and_lets_go_of_the_bytes(tmp_path):
+    """A file's sha256 as a function: the hash runs meanwhile, and the mapping is not kept alive."""
+    import gc
+    import hashlib
+    import weakref
+
+    path = tmp_path / "f.json"
+    path.write_bytes(b"x" * 10_000_000)
+    blob = storage.read(str(path), mapped=True)
+    later = blob.version_later()
+    data = weakref.ref(blob)
+    del blob
+    assert later() == f"sha256:{hashlib.sha256(path.read_bytes()).hexdigest()}"
+    gc.collect()
+    assert data() is None  # the function holds the digest, not the blob and its mapping
+    s3_like = storage.Blob("s3://b/k", b"", "etag:abc")
+    assert s3_like.version_later()() == "etag:abc"

@@ -49,7 +49,7 @@ def load_inputs(settings: EvalSettings, log):
         ("predictions", settings.predictions_uri, settings.predictions_format or settings.format),
     ):
         t0 = time.perf_counter()
-        source = open_source(uri)  # one file (its digest overlaps the parsing), or a folder's names
+        source = open_source(uri)  # one file (its sha256 runs on a thread once it is parsed), or a folder's names
         if source.blob is not None:
             source.blob = decompressed(source.blob, max_bytes=settings.max_decompressed_bytes)
         reader = detect_format(source, fmt)

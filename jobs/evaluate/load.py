@@ -14,6 +14,7 @@ import io
 import itertools
 import operator
 import re
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
 from operator import attrgetter
@@ -93,7 +94,7 @@ class Table:
 
     uri: str
     format: str
-    version: str
+    version: str | Callable[[], str]  # or a function giving it (a file's sha256 still on its thread)
     image_codes: np.ndarray
     image_refs: list
     category_codes: np.ndarray
@@ -328,7 +329,7 @@ def read_coco_ground_truth(blob: Blob) -> Table:
         # Free the decoded objects while the GC is paused: re-enabled, it would scan them all once.
         del gt, anns
     return Table(
-        uri=blob.uri, format="coco", version=blob.version,
+        uri=blob.uri, format="coco", version=blob.version_later(),
         image_codes=image_codes, image_refs=image_refs,
         category_codes=category_codes, category_refs=category_refs,
         boxes=boxes, polygons=polygons, iscrowd=iscrowd, area=area,
@@ -384,7 +385,7 @@ def read_coco_results(blob: Blob) -> Table:
     # No rows at all ([]) is an empty prediction set, as a header-only CSV is: zero boxes, not "no geometry".
     boxes = np.concatenate([chunk.boxes for chunk in chunks]) if chunks and not boxless else None if chunks else np.zeros((0, 4))
     return Table(
-        uri=blob.uri, format="coco", version=blob.version,
+        uri=blob.uri, format="coco", version=blob.version_later(),
         image_codes=image_codes, image_refs=image_refs,
         category_codes=category_codes, category_refs=category_refs,
         score=score, boxes=boxes, polygons=polygons,
@@ -652,7 +653,7 @@ def read_table(blob: Blob, fmt: str, columns, *, predictions: bool) -> Table:
         has = category_codes >= 0
         _check_boxes(np.where(has[:, None], boxes, 0.0), uri, lambda i: f"row {i + 1}, columns {box_names}")
     return Table(
-        uri=uri, format=fmt, version=blob.version,
+        uri=uri, format=fmt, version=blob.version_later(),
         image_codes=image_codes, image_refs=image_refs,
         category_codes=category_codes, category_refs=category_refs,
         score=score, boxes=boxes, polygons=_table_polygons(table, columns("polygon"), uri),

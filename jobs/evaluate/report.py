@@ -294,5 +294,5 @@ class Report(BaseModel):
 
 
 def input_info(table, fmt: str) -> InputInfo:
-    kind, _, value = table.version.partition(":")
+    kind, _, value = (table.version() if callable(table.version) else table.version).partition(":")
     return InputInfo(uri=table.uri, format=fmt, rows=table.rows, **{kind: value})

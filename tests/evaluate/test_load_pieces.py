@@ -91,7 +91,7 @@ def assert_same_table(got, want):
     assert (got.segmentations is None) == (want.segmentations is None)
     if want.segmentations is not None:
         assert [bytes(s) for s in got.segmentations] == [bytes(s) for s in want.segmentations]
-    assert (got.uri, got.format, got.version, got.image_refs_are_ids) == (want.uri, want.format, want.version, want.image_refs_are_ids)
+    assert (got.uri, got.format, got.version(), got.image_refs_are_ids) == (want.uri, want.format, want.version(), want.image_refs_are_ids)
     assert got.images is None and got.categories is None and got.area is None
 
 

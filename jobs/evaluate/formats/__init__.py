@@ -65,7 +65,7 @@ def open_source(uri: str) -> Source:
         missing = None
         if not uri.endswith("/"):
             try:
-                return Source(uri, blob=storage.read(uri, mapped=True).hash_in_background())
+                return Source(uri, blob=storage.read(uri, mapped=True))
             except InputDataError as exc:
                 missing = exc
         names = storage.list_names(uri)
@@ -74,7 +74,7 @@ def open_source(uri: str) -> Source:
         raise missing or InputDataError(f"{uri}: no objects under this prefix")
     if Path(uri).is_dir():
         return Source(uri, names=storage.list_names(uri))
-    return Source(uri, blob=storage.read(uri, mapped=True).hash_in_background())
+    return Source(uri, blob=storage.read(uri, mapped=True))
 
 
 def detect_format(source: Source, requested: str) -> Format:

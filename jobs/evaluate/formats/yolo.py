@@ -140,7 +140,7 @@ def _gather(source: Source) -> tuple[list[tuple[str, bytes]], dict[str, tuple[in
         labels, images = map(set, _split([n for n, _ in members]))
         label_files = [(n, d) for n, d in members if n in labels]
         sizes = {_key(n): _image_size(source.uri, n, d) for n, d in members if n in images}
-        version = source.blob.version
+        version = source.blob.version_later()
     if not label_files:
         raise InputDataError(f"{source.uri}: no YOLO label files (.txt) found")
     return sorted(label_files), sizes, version
