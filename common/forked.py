@@ -59,10 +59,10 @@ def map_forked(fn: Callable[[T], R], shares: Sequence[T]) -> list[R]:
     """
     if len(shares) <= 1 or not can_fork():
         return [fn(share) for share in shares]
-    children: list[Forked] = []
+    children: list[_Child] = []
     try:
         for share in shares[1:]:
-            children.append(Forked(fn, share))
+            children.append(_Child(fn, share))
         results = [fn(shares[0])]
         return results + [child.result() for child in children]
     finally:
@@ -70,40 +70,24 @@ def map_forked(fn: Callable[[T], R], shares: Sequence[T]) -> list[R]:
             child.close()
 
 
-class Forked:
-    """fn(*args, **kwargs) started in a forked child, while this process goes on; `result()` waits
-    for it (and raises what it raised). Where forking is not safe, fn runs here, in `result()`.
+class _Child:
+    """fn(*args) started in a forked child while this process goes on; `result()` waits for it
+    (and raises what it raised); `close()` reaps it, killed first if its result was not read."""
 
-    Use it as a context manager: leaving the block without the result (an error here) kills the
-    child; either way it is reaped and its pipe closed.
-    """
-
-    def __init__(self, fn: Callable[..., R], *args, **kwargs):
-        self._call = functools.partial(fn, *args, **kwargs)
-        self.pid: int | None = None
-        self._pipe: int | None = None
-        if not can_fork():
-            return
+    def __init__(self, fn: Callable[..., R], *args):
         read_end, write_end = os.pipe()
         pid = os.fork()
         if pid == 0:  # the child: compute, send, leave without running the parent's cleanup
             os.close(read_end)
-            _child(self._call, write_end)
+            _child(functools.partial(fn, *args), write_end)
         os.close(write_end)
-        self.pid, self._pipe = pid, read_end
-
-    def __enter__(self) -> Forked:
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self.close()
+        self.pid: int | None = pid
+        self._pipe = read_end
 
     def result(self):
         """The child's result. It is read only now (a thread reading it meanwhile made this process
         slower: with a second thread, each copy-on-write fault costs a TLB shootdown); the child
         waits with what the pipe does not hold."""
-        if self.pid is None:
-            return self._call()
         try:
             with os.fdopen(self._pipe, "rb", closefd=False) as pipe:
                 payload = pipe.read()

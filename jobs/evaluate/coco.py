@@ -13,11 +13,11 @@ order (descending score, image, input order), the 101-point interpolated precisi
 
 from __future__ import annotations
 
-import os
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from common.forked import usable_cpus
 from jobs.evaluate.align import Aligned
 from jobs.evaluate.classes import accumulation_order
 from jobs.evaluate.match import Pairs, greedy_hits, scenarios
@@ -64,7 +64,7 @@ def coco_summary(aligned: Aligned, pairs: Pairs, *, iou_type: str) -> CocoSummar
             with np.errstate(divide="ignore", invalid="ignore"):
                 recall[a, m] = np.where(n_gt[a] > 0, found.reshape(n_t, n_classes) / n_gt[a], np.nan)
 
-    with ThreadPoolExecutor(max_workers=min(2, os.cpu_count() or 1)) as pool:
+    with ThreadPoolExecutor(max_workers=min(2, usable_cpus())) as pool:
         for done in [pool.submit(area_pass, a, low, high) for a, (low, high) in enumerate(AREA_RANGES.values())]:
             done.result()
 

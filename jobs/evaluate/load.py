@@ -381,9 +381,10 @@ def read_coco_results(blob: Blob) -> Table:
     image_codes, image_refs = _id_codes([chunk.image_ids for chunk in chunks])
     category_codes, category_refs = _id_codes([chunk.category_ids for chunk in chunks])
     score = np.concatenate([chunk.score for chunk in chunks]) if chunks else np.zeros(0)
-    boxless = [chunk for chunk in chunks if chunk.boxes is None]
-    # No rows at all ([]) is an empty prediction set, as a header-only CSV is: zero boxes, not "no geometry".
-    boxes = np.concatenate([chunk.boxes for chunk in chunks]) if chunks and not boxless else None if chunks else np.zeros((0, 4))
+    # Boxes on every row or on none (checked above). No rows at all ([]) is an empty prediction set,
+    # as a header-only CSV is: zero boxes, not "no geometry".
+    boxes = (np.zeros((0, 4)) if not chunks else None if chunks[0].boxes is None
+             else np.concatenate([chunk.boxes for chunk in chunks]))
     return Table(
         uri=blob.uri, format="coco", version=blob.version_later(),
         image_codes=image_codes, image_refs=image_refs,
