@@ -97,9 +97,17 @@ def _start_moto():
 def _start_seaweedfs(tmp: Path):
     weed = shutil.which("weed") or str(Path(sys.executable).parent / "weed")
     ports = {name: free_port() for name in ("s3", "master", "volume", "filer", "webdav", "admin")}
+    # gRPC ports default to the HTTP port + 10000, which is past 65535 for a high free port.
+    grpc_ports = {name: free_port() for name in ("s3", "master", "volume", "filer", "admin")}
+    # Every bucket is a collection with volumes of its own. Left to itself, `weed mini` allows as
+    # many volumes as the free disk holds at full size (1 GiB each where space is plenty), so on a
+    # machine with a few GiB free it refuses writes (InternalError) after a few dozen buckets.
+    # Volumes are sparse files; small ones and a fixed count make the limit independent of the disk.
     args = [weed, "mini", f"-dir={tmp}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-            "-s3.allowDeleteBucketNotEmpty=false", "-admin.ui=false"]
+            "-s3.allowDeleteBucketNotEmpty=false", "-admin.ui=false",
+            "-master.volumeSizeLimitMB=64", "-volume.max=1000"]
     args += [f"-{name}.port={port}" for name, port in ports.items()]
+    args += [f"-{name}.port.grpc={port}" for name, port in grpc_ports.items()]
     log = open(tmp / "weed.log", "wb")
     proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **CREDENTIALS},
                             start_new_session=True)
@@ -153,6 +161,18 @@ def s3(s3_server, monkeypatch) -> S3Env:
     client.create_bucket(Bucket=bucket)
     yield S3Env(s3_server, bucket, client, env)
     storage.s3_client.cache_clear()
+    delete_bucket(client, bucket)
+
+
+def delete_bucket(client, bucket: str) -> None:
+    """Empty a test's bucket and delete it, so a session's server holds only the live tests' data."""
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+        keys = [{"Key": obj["Key"]} for obj in page.get("Contents", [])]
+        if keys:
+            client.delete_objects(Bucket=bucket, Delete={"Objects": keys, "Quiet": True})
+    for upload in client.list_multipart_uploads(Bucket=bucket).get("Uploads", []):
+        client.abort_multipart_upload(Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"])
+    client.delete_bucket(Bucket=bucket)
 
 
 @pytest.fixture
