@@ -194,8 +194,7 @@ def _image_sizes(gt: Table, gt_image: np.ndarray, n_images: int) -> np.ndarray |
 
 
 def _first_rle(table: Table) -> str:
-    where = "annotations" if table.score is None else ""
-    return f"{table.uri}: {where}[{int(table.rle_rows[0])}].segmentation"
+    return table.segmentation_at(int(table.rle_rows[0]))
 
 
 def _geometry(gt: Table, pred: Table, iou_type: IouType, sizes: np.ndarray | None) -> tuple[str, str]:
@@ -213,6 +212,11 @@ def _geometry(gt: Table, pred: Table, iou_type: IouType, sizes: np.ndarray | Non
                                  "`width` of COCO `images`, or `height` and `width` columns in a table)")
         why = "EVAL_IOU_TYPE=segm" if iou_type == IouType.SEGM else "auto: both sides carry segmentations and the images have sizes"
         return "segm", why + "; COCO masks (pycocotools RLE) at each image's height x width"
+    if rle and (iou_type == IouType.POLYGON or (iou_type == IouType.AUTO and segmented)):
+        # never evaluated as its box: say what can read it
+        hint = "add height and width to the images" if iou_type == IouType.AUTO else "set EVAL_IOU_TYPE=segm"
+        raise InputDataError(f"{_first_rle(rle[0])}: RLE cannot be evaluated as a polygon ({hint} for COCO masks, "
+                             "or EVAL_IOU_TYPE=bbox for the boxes)")
     if pred.boxes is None and pred.polygons is None:
         raise InputDataError(f"{pred.uri}: predictions have no boxes or polygons but {gt.uri} has; cannot match by IoU")
     if gt.boxes is None and gt.polygons is None:
@@ -222,10 +226,6 @@ def _geometry(gt: Table, pred: Table, iou_type: IouType, sizes: np.ndarray | Non
         side = gt.uri if gt.polygons is None else pred.uri
         raise ConfigError(f"EVAL_IOU_TYPE=polygon but {side} has no polygons")
     if iou_type == IouType.POLYGON or (iou_type == IouType.AUTO and segmented):
-        if rle:  # never evaluated as its box: say what can read it
-            hint = "add height and width to the images" if iou_type == IouType.AUTO else "set EVAL_IOU_TYPE=segm"
-            raise InputDataError(f"{_first_rle(rle[0])}: RLE cannot be evaluated as a polygon ({hint} for COCO masks, "
-                                 "or EVAL_IOU_TYPE=bbox for the boxes)")
         why = "EVAL_IOU_TYPE=polygon" if iou_type == IouType.POLYGON else "auto: both sides carry polygons, images have no sizes"
         return "polygon", why + "; exact polygon IoU"
     if gt.boxes is None or pred.boxes is None:
@@ -266,8 +266,7 @@ def _objects(table: Table, image: np.ndarray, cls: np.ndarray, keep: np.ndarray,
         from jobs.evaluate.masks import to_rles
 
         rows = np.flatnonzero(keep) if keep.dtype == bool else keep
-        where = "" if table.score is not None else "annotations"
-        objects.masks = to_rles(table.segmentations, table.polygons, rows, objects.image, sizes, table.uri, where)
+        objects.masks = to_rles(table.segmentations, table.polygons, rows, objects.image, sizes, table.segmentation_at)
     if geometry in ("bbox", "segm"):
         objects.area = _areas(table, objects, rows=np.flatnonzero(keep) if keep.dtype == bool else keep, geometry=geometry)
     return objects

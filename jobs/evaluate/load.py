@@ -103,11 +103,14 @@ class Table:
     boxes: np.ndarray | None = None
     polygons: Polygons | None = None
     iscrowd: np.ndarray | None = None
-    # COCO only: each row's segmentation as raw JSON (masks.py reads it under EVAL_IOU_TYPE=segm),
-    # and which rows hold RLE (a dict) rather than polygons; ground truth also its `area` per row.
+    # COCO, and tables with a `segmentation` column: each row's segmentation as raw JSON (masks.py
+    # reads it under EVAL_IOU_TYPE=segm), and which rows hold RLE (a dict) rather than polygons;
+    # ground truth also its `area` per row (NaN where not given).
     segmentations: list[msgspec.Raw] | None = None
     rle_rows: np.ndarray | None = None
     area: np.ndarray | None = None
+    # How a message names row i's segmentation (`coco_rows`, `table_rows`); by row number when unset.
+    name_segmentation: Callable[[int], str] | None = None
     # Tables with `height` and `width` columns: each row's image size (n, 2), for EVAL_IOU_TYPE=segm.
     row_sizes: np.ndarray | None = None
     images: list[ImageInfo] | None = None
@@ -118,6 +121,19 @@ class Table:
     @property
     def rows(self) -> int:
         return len(self.image_codes)
+
+    def segmentation_at(self, row: int) -> str:
+        return self.name_segmentation(row) if self.name_segmentation else f"{self.uri}: row {row + 1}"
+
+
+def coco_rows(uri: str, where: str) -> Callable[[int], str]:
+    """Names row i's segmentation as COCO's JSON path does: `annotations[i].segmentation`, `[i].segmentation`."""
+    return lambda row: f"{uri}: {where}[{row}].segmentation"
+
+
+def table_rows(uri: str, column: str) -> Callable[[int], str]:
+    """Names row i's cell of a table column, counting rows from 1 as every table message does."""
+    return lambda row: f"{uri}: row {row + 1}, column {column!r}"
 
 
 GZIP_MAGIC = b"\x1f\x8b"
@@ -259,7 +275,7 @@ _SEGMENTATION = msgspec.json.Decoder(list[list[float]] | dict | None)
 _ROWS_PER_CHUNK = 2000
 
 
-def _polygons(segmentations: list[msgspec.Raw], uri: str, where: str) -> tuple[Polygons | None, np.ndarray]:
+def _polygons(segmentations: list[msgspec.Raw], locate: Callable[[int], str]) -> tuple[Polygons | None, np.ndarray]:
     """Every row's polygon parts as one `Polygons` (None when no row has a polygon), and the rows
     whose segmentation is RLE.
 
@@ -269,14 +285,14 @@ def _polygons(segmentations: list[msgspec.Raw], uri: str, where: str) -> tuple[P
     """
     if segmentations.count(NO_SEGMENTATION) == len(segmentations):
         return None, np.zeros(0, np.int64)
-    chunks = [_polygon_chunk(segmentations[start:start + _ROWS_PER_CHUNK], start, uri, where)
+    chunks = [_polygon_chunk(segmentations[start:start + _ROWS_PER_CHUNK], start, locate)
               for start in range(0, len(segmentations), _ROWS_PER_CHUNK)]
     polygons = Polygons.concatenate([p for p, _ in chunks])
     rle_rows = np.concatenate([r for _, r in chunks])
     return (polygons if polygons.part_start.size > 1 else None), rle_rows
 
 
-def _polygon_chunk(raws: list[msgspec.Raw], first_row: int, uri: str, where: str) -> tuple[Polygons, np.ndarray]:
+def _polygon_chunk(raws: list[msgspec.Raw], first_row: int, locate: Callable[[int], str]) -> tuple[Polygons, np.ndarray]:
     try:
         segmentations = _SEGMENTATIONS.decode(b"[" + b",".join(raws) + b"]")
     except (msgspec.ValidationError, msgspec.DecodeError, RecursionError):
@@ -284,11 +300,11 @@ def _polygon_chunk(raws: list[msgspec.Raw], first_row: int, uri: str, where: str
             try:
                 _SEGMENTATION.decode(raw)
             except msgspec.ValidationError as exc:
-                raise InputDataError(f"{uri}: {where}[{first_row + i}].segmentation: {_describe_validation(exc)}") from None
+                raise InputDataError(f"{locate(first_row + i)}: {_describe_validation(exc)}") from None
             except msgspec.DecodeError as exc:  # such as invalid UTF-8 in a string, which the first pass let through
-                raise InputDataError(f"{uri}: {where}[{first_row + i}].segmentation: not valid JSON: {exc}") from None
+                raise InputDataError(f"{locate(first_row + i)}: not valid JSON: {exc}") from None
             except RecursionError:
-                raise InputDataError(f"{uri}: {where}[{first_row + i}].segmentation: {TOO_DEEP}") from None
+                raise InputDataError(f"{locate(first_row + i)}: {TOO_DEEP}") from None
         raise
     rle_rows = first_row + np.flatnonzero(np.fromiter((isinstance(seg, dict) for seg in segmentations), dtype=bool,
                                                        count=len(segmentations)))
@@ -304,7 +320,7 @@ def _polygon_chunk(raws: list[msgspec.Raw], first_row: int, uri: str, where: str
     bad = np.flatnonzero((sizes < 6) | (sizes % 2 == 1) | (nonfinite > 0))
     if bad.size:
         row = first_row + int(np.searchsorted(np.cumsum(n_parts), bad[0], side="right"))
-        raise InputDataError(f"{uri}: {where}[{row}].segmentation: a polygon needs >= 3 finite x, y pairs")
+        raise InputDataError(f"{locate(row)}: a polygon needs >= 3 finite x, y pairs")
     return Polygons.from_flat(flat, sizes, n_parts), rle_rows
 
 
@@ -321,7 +337,7 @@ def read_coco_ground_truth(blob: Blob) -> Table:
         category_codes, category_refs = _id_codes([_ids(anns, "category_id")])
         boxes = _box_column(anns, blob.uri, "annotations", optional=False)
         segmentations = list(map(attrgetter("segmentation"), anns))
-        polygons, rle_rows = _polygons(segmentations, blob.uri, "annotations")
+        polygons, rle_rows = _polygons(segmentations, coco_rows(blob.uri, "annotations"))
         iscrowd = np.fromiter(map(bool, map(attrgetter("iscrowd"), anns)), dtype=bool, count=len(anns))
         area = np.fromiter((np.nan if a is None else a for a in map(attrgetter("area"), anns)), dtype=np.float64,
                            count=len(anns))
@@ -333,7 +349,7 @@ def read_coco_ground_truth(blob: Blob) -> Table:
         image_codes=image_codes, image_refs=image_refs,
         category_codes=category_codes, category_refs=category_refs,
         boxes=boxes, polygons=polygons, iscrowd=iscrowd, area=area,
-        segmentations=_kept(segmentations), rle_rows=rle_rows,
+        segmentations=_kept(segmentations), rle_rows=rle_rows, name_segmentation=coco_rows(blob.uri, "annotations"),
         images=images, categories=categories, image_refs_are_ids=True,
     )
 
@@ -375,7 +391,7 @@ def read_coco_results(blob: Blob) -> Table:
         if any(chunk.segmentations is not None for chunk in chunks):
             segmentations = [seg for chunk in chunks
                              for seg in (chunk.segmentations or [NO_SEGMENTATION] * chunk.rows)]
-            polygons, rle_rows = _polygons(segmentations, blob.uri, "")
+            polygons, rle_rows = _polygons(segmentations, coco_rows(blob.uri, ""))
         else:
             segmentations, polygons, rle_rows = None, None, np.zeros(0, np.int64)
     image_codes, image_refs = _id_codes([chunk.image_ids for chunk in chunks])
@@ -392,6 +408,7 @@ def read_coco_results(blob: Blob) -> Table:
         score=score, boxes=boxes, polygons=polygons,
         iscrowd=np.zeros(score.size, dtype=bool), image_refs_are_ids=True,
         segmentations=_kept(segmentations) if segmentations is not None else None, rle_rows=rle_rows,
+        name_segmentation=coco_rows(blob.uri, ""),
     )
 
 
@@ -505,7 +522,8 @@ def _check_jsonl_depth(blob: Blob) -> None:
         depth, lines = max(int(level[-1] - base[-1]), 0), lines + newlines.size  # stray closers never lower it
 
 
-def _read_arrow(blob: Blob, fmt: str):
+def _read_arrow(blob: Blob, fmt: str, data: bytes | None = None):
+    """The table in `blob` (or in `data`, the same table reworked: `_jsonl_apart`)."""
     import pyarrow as pa
 
     _check_not_empty(blob)
@@ -513,7 +531,7 @@ def _read_arrow(blob: Blob, fmt: str):
         _check_jsonl_depth(blob)
     # An Arrow buffer reader, not a Python file: Arrow's threads never hold a Python object, which
     # they would release after the interpreter is gone when a bad input ends the run (abort, 134).
-    source = pa.BufferReader(blob.data)
+    source = pa.BufferReader(blob.data if data is None else data)
     try:
         if fmt == "csv":
             import pyarrow.csv as pacsv
@@ -604,6 +622,51 @@ def _dictionary(table, name: str, uri: str, *, our: str, nullable: bool = False)
     return codes, values
 
 
+_LINES = msgspec.json.Decoder(dict[str, msgspec.Raw])
+
+
+def _jsonl_apart(data: bytes, column: str) -> tuple[bytes, list[msgspec.Raw]] | None:
+    """JSONL lines without `column`, and its raw value on each line (`null` where a line has none).
+
+    Arrow types a JSONL column by its first values, so it refuses a `segmentation` column that holds
+    polygons (arrays) on some lines and RLE (objects) on others, as COCO ground truth with crowd
+    regions does. The other values are passed to Arrow byte for byte, one object per line, as
+    before. None where msgspec cannot split the lines (Arrow then reads, or refuses, the file as is).
+    """
+    try:
+        lines = _LINES.decode_lines(data)
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+        return None
+    cells = [line.pop(column, NO_SEGMENTATION) for line in lines]
+    encode = functools.lru_cache(maxsize=None)(msgspec.json.encode)
+    rest = b"\n".join(b"{" + b",".join(encode(k) + b":" + bytes(v) for k, v in line.items()) + b"}" for line in lines)
+    return rest, cells
+
+
+def _table_segmentations(cells: list, locate: Callable[[int], str]) -> list[msgspec.Raw]:
+    """A `segmentation` column's cells as raw JSON, one value each, as COCO's `segmentation`: polygon
+    parts or RLE. A cell is JSON text (CSV, or any string column), the format's own lists and structs
+    (Parquet), or a line's raw value (JSONL). Empty is a row without one; one flat list of x, y is one part."""
+    out = []
+    for row, value in enumerate(cells):
+        if isinstance(value, msgspec.Raw):  # valid JSON: msgspec split it off its line
+            value = msgspec.json.decode(value)
+        if isinstance(value, str):
+            try:
+                value = msgspec.json.decode(value) if value.strip() else None
+            except msgspec.DecodeError as exc:
+                raise InputDataError(f"{locate(row)}: not valid JSON: {exc}") from None
+            except RecursionError:
+                raise InputDataError(f"{locate(row)}: {TOO_DEEP}") from None
+        if value is None:
+            out.append(NO_SEGMENTATION)
+            continue
+        if isinstance(value, list) and value and not isinstance(value[0], list):
+            value = [value]
+        out.append(msgspec.Raw(msgspec.json.encode(value)))
+    return out
+
+
 def _table_polygons(table, name: str, uri: str) -> Polygons | None:
     if name not in table.column_names:
         return None
@@ -634,8 +697,12 @@ def _table_polygons(table, name: str, uri: str) -> Polygons | None:
 
 def read_table(blob: Blob, fmt: str, columns, *, predictions: bool) -> Table:
     """A CSV/Parquet/JSONL table; `columns(name)` maps our column names to the file's."""
-    table = _read_arrow(blob, fmt)
     uri = blob.uri
+    segmentation = columns("segmentation")
+    apart = None
+    if fmt == "jsonl" and blob.data.find(msgspec.json.encode(segmentation)) >= 0:  # bytes or an mmap
+        apart = _jsonl_apart(blob.data, segmentation)
+    table = _read_arrow(blob, fmt, apart[0] if apart else None)
     image_codes, image_refs = _dictionary(table, columns("image"), uri, our="image")
     # Ground-truth rows without a category list an image that has no objects.
     category_codes, category_refs = _dictionary(table, columns("category"), uri, our="category", nullable=not predictions)
@@ -653,13 +720,44 @@ def read_table(blob: Blob, fmt: str, columns, *, predictions: bool) -> Table:
         boxes = np.column_stack([_numeric(table, n, uri, our=n, nullable=not predictions) for n in box_names])
         has = category_codes >= 0
         _check_boxes(np.where(has[:, None], boxes, 0.0), uri, lambda i: f"row {i + 1}, columns {box_names}")
+    polygon = columns("polygon")
+    segmentations, rle_rows, named = None, None, table_rows(uri, polygon)
+    if apart or segmentation in table.column_names:
+        if polygon in table.column_names:
+            raise InputDataError(f"{uri}: columns {segmentation!r} and {polygon!r}: give one (a segmentation "
+                                 "is polygons or RLE; a polygon column is polygons)")
+        named = table_rows(uri, segmentation)
+        cells = apart[1] if apart else table.column(segmentation).to_pylist()
+        segmentations = _table_segmentations(cells, named)
+        polygons, rle_rows = _polygons(segmentations, named)
+        segmentations = _kept(segmentations)
+    else:
+        polygons = _table_polygons(table, polygon, uri)
+    iscrowd = np.zeros(len(image_codes), dtype=bool)
+    if not predictions:
+        iscrowd = _table_crowd(table, columns, uri, category_codes >= 0)
     return Table(
         uri=uri, format=fmt, version=blob.version_later(),
         image_codes=image_codes, image_refs=image_refs,
         category_codes=category_codes, category_refs=category_refs,
-        score=score, boxes=boxes, polygons=_table_polygons(table, columns("polygon"), uri),
-        iscrowd=np.zeros(len(image_codes), dtype=bool), row_sizes=_table_sizes(table, columns, uri),
+        score=score, boxes=boxes, polygons=polygons,
+        segmentations=segmentations, rle_rows=rle_rows, name_segmentation=named,
+        iscrowd=iscrowd, row_sizes=_table_sizes(table, columns, uri),
     )
+
+
+def _table_crowd(table, columns, uri: str, has: np.ndarray) -> np.ndarray:
+    """Ground truth's optional `iscrowd` column (0 or 1, also true/false; empty is 0): COCO's crowd
+    regions, on the rows that have a category."""
+    iscrowd = np.zeros(has.size, dtype=bool)
+    name = columns("iscrowd")
+    if name in table.column_names:
+        flags = np.nan_to_num(_numeric(table, name, uri, our="iscrowd", nullable=True), nan=0.0)
+        bad = np.flatnonzero(has & (flags != 0) & (flags != 1))
+        if bad.size:
+            raise InputDataError(f"{uri}: row {bad[0] + 1}, column {name!r}: iscrowd is 0 or 1, got {flags[bad[0]]}")
+        iscrowd = has & (flags == 1)
+    return iscrowd
 
 
 def _table_sizes(table, columns, uri: str) -> np.ndarray | None:

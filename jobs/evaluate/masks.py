@@ -11,6 +11,8 @@ all the strings at once.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import msgspec
 import numpy as np
 
@@ -33,13 +35,14 @@ _MAX_CHARS_PER_COUNT = 6
 
 
 def to_rles(raws: list | None, polygons: Polygons | None, rows: np.ndarray, image: np.ndarray, sizes: np.ndarray,
-            uri: str, where: str) -> np.ndarray:
+            locate: Callable[[int], str]) -> np.ndarray:
     """One compressed RLE dict ({'size': [h, w], 'counts': bytes}) per given row, as an object array.
 
-    raws: every row's raw JSON segmentation (None for a table); polygons: every row's polygon
-    parts as loaded (rows without parts are RLE or missing); rows: the rows wanted (their numbers
-    in the file name them in messages); image: each wanted row's image index into sizes, (n_images,
-    2) height, width. Raises InputDataError naming the first unusable row.
+    raws: every row's raw JSON segmentation (None where the input has only polygons); polygons: every
+    row's polygon parts as loaded (rows without parts are RLE or missing); rows: the rows wanted;
+    image: each wanted row's image index into sizes, (n_images, 2) height, width; locate(row): how a
+    message names a row's segmentation (`Table.segmentation_at`). Raises InputDataError naming the
+    first unusable row.
     """
     out = np.empty(rows.size, dtype=object)
     n_parts = np.diff(polygons.row_start)[rows] if polygons is not None else np.zeros(rows.size, np.int64)
@@ -49,7 +52,7 @@ def to_rles(raws: list | None, polygons: Polygons | None, rows: np.ndarray, imag
     rest = np.flatnonzero(n_parts == 0)
     for start in range(0, rest.size, _ROWS_PER_CHUNK):
         chunk = rest[start:start + _ROWS_PER_CHUNK]
-        out[chunk] = _read_rles(raws, rows[chunk], sizes[image[chunk]], uri, where)
+        out[chunk] = _read_rles(raws, rows[chunk], sizes[image[chunk]], locate)
     return out
 
 
@@ -76,17 +79,17 @@ def _rasterised(polygons: Polygons, rows: np.ndarray, image: np.ndarray, sizes: 
     return out
 
 
-def _read_rles(raws: list | None, rows: np.ndarray, sizes: np.ndarray, uri: str, where: str) -> list:
+def _read_rles(raws: list | None, rows: np.ndarray, sizes: np.ndarray, name_row: Callable[[int], str]) -> list:
     """RLEs of rows whose segmentation is RLE, each checked; a row without one is an error."""
     from pycocotools import mask as mask_utils
 
     def locate(i):
-        return f"{uri}: {where}[{rows[i]}].segmentation"
+        return name_row(int(rows[i]))
 
-    if raws is None:  # a table: rows counted from 1, as every table error does
-        raise InputDataError(f"{uri}: row {int(rows[0]) + 1}, column 'polygon': missing; EVAL_IOU_TYPE=segm needs a "
-                             "segmentation on every row (EVAL_IOU_TYPE=bbox evaluates the boxes)")
-    segs = _decode([raws[r] for r in rows.tolist()], rows, uri, where)
+    if raws is None:  # only polygons, and this row has none
+        raise InputDataError(f"{locate(0)}: missing; EVAL_IOU_TYPE=segm needs a segmentation on every row "
+                             "(EVAL_IOU_TYPE=bbox evaluates the boxes)")
+    segs = _decode([raws[r] for r in rows.tolist()], locate)
     h, w = sizes[:, 0].tolist(), sizes[:, 1].tolist()
     for i, seg in enumerate(segs):
         if not isinstance(seg, Rle):  # null, or a list without polygons
@@ -110,7 +113,7 @@ def _read_rles(raws: list | None, rows: np.ndarray, sizes: np.ndarray, uri: str,
     return out
 
 
-def _decode(raws: list, rows: np.ndarray, uri: str, where: str) -> list:
+def _decode(raws: list, locate: Callable[[int], str]) -> list:
     try:
         return _SEGMENTATIONS.decode(b"[" + b",".join(raws) + b"]")
     except (msgspec.ValidationError, msgspec.DecodeError):
@@ -119,10 +122,10 @@ def _decode(raws: list, rows: np.ndarray, uri: str, where: str) -> list:
                 _SEGMENTATION.decode(raw)
             except msgspec.ValidationError as exc:
                 detail = str(exc).replace(" - at `$", " at `")
-                raise InputDataError(f"{uri}: {where}[{rows[i]}].segmentation: {detail} (polygons: lists of x, y; "
+                raise InputDataError(f"{locate(i)}: {detail} (polygons: lists of x, y; "
                                      "RLE: {\"size\": [h, w], \"counts\": ...})") from None
             except msgspec.DecodeError as exc:  # such as invalid UTF-8 in a string
-                raise InputDataError(f"{uri}: {where}[{rows[i]}].segmentation: not valid JSON: {exc}") from None
+                raise InputDataError(f"{locate(i)}: not valid JSON: {exc}") from None
         raise
 
 

@@ -14,7 +14,8 @@ from common.settings import check_uri
 from jobs.evaluate.formats import REGISTRY
 from jobs.evaluate.sweep import Policy
 
-TABLE_COLUMNS = ("image", "category", "score", "bbox_x", "bbox_y", "bbox_w", "bbox_h", "polygon", "height", "width")
+TABLE_COLUMNS = ("image", "category", "score", "bbox_x", "bbox_y", "bbox_w", "bbox_h", "polygon", "segmentation",
+                 "height", "width", "iscrowd")
 # The EVAL_FORMAT values: 'auto' and every format in the registry.
 Format = Literal[("auto", *REGISTRY)]
 MAX_IOU_THRESHOLDS = 1001  # 0.001 steps over (0, 1]; more only costs memory and report size
