@@ -683,7 +683,8 @@ def _table_polygons(table, name: str, uri: str) -> Polygons | None:
             except RecursionError:
                 raise InputDataError(f"{uri}: row {row + 1}, column {name!r}: {TOO_DEEP}") from None
         if not isinstance(value, list):
-            raise InputDataError(f"{uri}: row {row + 1}, column {name!r}: not a list of x, y")
+            rle = "; RLE goes in a `segmentation` column (polygons or RLE)" if isinstance(value, dict) else ""
+            raise InputDataError(f"{uri}: row {row + 1}, column {name!r}: not a list of x, y{rle}")
         parts = value if value and isinstance(value[0], list) else [value]
         try:
             arrays = [np.asarray(p, dtype=np.float64) for p in parts]

@@ -185,6 +185,9 @@ def test_bad_table_columns_exit_65(job_env, tmp_path):
     cases = {
         "both": ("image,category,bbox_x,bbox_y,bbox_w,bbox_h,segmentation,polygon,height,width\n"
                  f"a.jpg,car,0,0,10,10,{square},{square},20,20\n", ("gt.csv", "'segmentation' and 'polygon'")),
+        "RLE as a polygon": ("image,category,bbox_x,bbox_y,bbox_w,bbox_h,polygon,height,width\n"
+                             f"a.jpg,car,0,0,10,10,{_cell(SQUARE_RLE)},20,20\n",
+                             ("gt.csv", "row 1, column 'polygon'", "`segmentation` column")),
         "crowd 2": ("image,category,bbox_x,bbox_y,bbox_w,bbox_h,segmentation,iscrowd,height,width\n"
                     f"a.jpg,car,0,0,10,10,{square},2,20,20\n", ("gt.csv", "row 1, column 'iscrowd'")),
     }
